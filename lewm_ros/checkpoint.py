@@ -1,0 +1,264 @@
+"""LeWM checkpoints: a directory with ``model.safetensors`` (weights) and ``meta.json`` (everything else).
+
+Layout::
+
+    NAME/
+      model.safetensors   float32 weights + buffers (safetensors format, read without pickle)
+      meta.json           format/version, model config, data conventions (image size, history,
+                          frameskip, action bounds and normalisation), provenance, training config,
+                          and the ``surprise`` calibration slot (null until ``lewm calibrate``)
+
+Loading parses JSON and raw tensor bytes only; it never unpickles. Every failure raises
+``CheckpointError`` with a message that names the file and what to do about it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lewm_ros import safetensors_io
+from lewm_ros.model import LeWM, ModelConfig
+
+FORMAT = 'lewm-checkpoint'
+FORMAT_VERSION = 1
+WEIGHTS_FILE = 'model.safetensors'
+META_FILE = 'meta.json'
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged or does not fit the model; the message says what to fix."""
+
+
+def checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The checkpoint directory for ``path`` (the directory itself or a file inside it)."""
+    path = Path(path)
+    if path.name in (WEIGHTS_FILE, META_FILE):
+        path = path.parent
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(4 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _floats(values: Sequence[float] | torch.Tensor | None) -> list[float] | None:
+    if values is None:
+        return None
+    return [float(v) for v in torch.as_tensor(values, dtype=torch.float64).reshape(-1).tolist()]
+
+
+def build_metadata(
+    model: LeWM,
+    *,
+    action_low: Sequence[float] | torch.Tensor | None = None,
+    action_high: Sequence[float] | torch.Tensor | None = None,
+    env_id: str | None = None,
+    provenance: dict[str, Any] | None = None,
+    train_config: dict[str, Any] | None = None,
+    surprise: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``meta.json`` content for ``model``; ``weights`` is filled in by :func:`save_checkpoint`."""
+    cfg = model.config
+    for name, bound in (('action_low', action_low), ('action_high', action_high)):
+        if bound is not None and len(_floats(bound)) != cfg.action_dim:
+            raise ValueError(
+                f'{name} has {len(_floats(bound))} values, the model has action_dim {cfg.action_dim}'
+            )
+    provenance = dict(provenance or {})
+    provenance.setdefault('torch_version', torch.__version__)
+    provenance.setdefault(
+        'created', datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+    )
+    return {
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'model_config': cfg.to_dict(),
+        'image_size': cfg.image_size,
+        'history': cfg.history,
+        'frameskip': cfg.frameskip,
+        'action_dim': cfg.action_dim,
+        'embed_dim': cfg.embed_dim,
+        'pixel_format': 'uint8 RGB (H, W, 3), ImageNet normalisation inside the model',
+        'env_id': env_id,
+        'action_low': _floats(action_low),
+        'action_high': _floats(action_high),
+        'action_mean': _floats(model.action_mean),
+        'action_std': _floats(model.action_std),
+        'num_parameters': model.num_parameters(),
+        'provenance': provenance,
+        'train_config': train_config,
+        'surprise': surprise,
+    }
+
+
+def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(value, f, indent=2, sort_keys=False)
+        f.write('\n')
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: LeWM,
+    meta: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``model`` (and ``meta``, default :func:`build_metadata`) to the directory ``path``.
+
+    The directory is assembled next to its final place and swapped in, so a crash never leaves
+    a half-written checkpoint under the final name. Other files already in ``path`` are kept
+    unless rewritten; ``extra(staging_dir)`` may add more files (e.g. a trainer's resume state)
+    that then appear together with the weights.
+    """
+    path = Path(path)
+    meta = dict(meta if meta is not None else build_metadata(model))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
+    try:
+        if path.is_dir():
+            for item in path.iterdir():
+                if item.name not in (WEIGHTS_FILE, META_FILE) and item.is_file():
+                    shutil.copy2(item, staging / item.name)
+        state = {
+            k: v.detach().float() if v.is_floating_point() else v.detach()
+            for k, v in model.state_dict().items()
+        }
+        safetensors_io.save_file(
+            state, staging / WEIGHTS_FILE, {'format': FORMAT, 'format_version': str(FORMAT_VERSION)}
+        )
+        meta['weights'] = {
+            'file': WEIGHTS_FILE,
+            'sha256': file_sha256(staging / WEIGHTS_FILE),
+            'dtype': 'float32',
+        }
+        _write_json_atomic(staging / META_FILE, meta)
+        if extra is not None:
+            extra(staging)
+        if path.exists():
+            old = path.with_name(f'.{path.name}.old')
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check ``meta.json`` of the checkpoint at ``path`` (no weights are read)."""
+    root = checkpoint_dir(path)
+    if not root.exists():
+        raise CheckpointError(f'checkpoint {root} does not exist')
+    if not root.is_dir():
+        raise CheckpointError(
+            f'{root} is a file; a LeWM checkpoint is a directory holding {WEIGHTS_FILE} and {META_FILE}'
+        )
+    meta_path = root / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f'{meta_path} is missing; {root} is not a complete LeWM checkpoint')
+    try:
+        meta = json.loads(meta_path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f'{meta_path} is not valid JSON ({err}); the file is truncated or corrupt'
+        ) from err
+    if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+        raise CheckpointError(f'{meta_path} is not a LeWM checkpoint description (format is not {FORMAT!r})')
+    version = meta.get('format_version')
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f'{meta_path} has format_version {version!r}; this lewm_ros reads version {FORMAT_VERSION}. '
+            'Use the lewm_ros release that wrote it, or re-export the checkpoint.'
+        )
+    if not isinstance(meta.get('model_config'), dict):
+        raise CheckpointError(f'{meta_path} has no model_config section')
+    return meta
+
+
+def update_metadata(path: str | os.PathLike, key: str, value: Any) -> dict[str, Any]:
+    """Set ``meta[key] = value`` in a checkpoint's ``meta.json`` (atomically) and return the new meta.
+
+    For results computed after training, e.g. the surprise calibration
+    ``{threshold, quantile, mean, std, n}``. The weights are not touched.
+    """
+    meta = read_metadata(path)
+    meta[key] = value
+    _write_json_atomic(checkpoint_dir(path) / META_FILE, meta)
+    return meta
+
+
+def _model_config(meta: dict[str, Any], meta_path: Path) -> ModelConfig:
+    try:
+        cfg = ModelConfig.from_dict(meta['model_config'])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f'{meta_path}: model_config is invalid: {err}') from err
+    for key in ('image_size', 'history', 'frameskip', 'action_dim', 'embed_dim'):
+        if key in meta and meta[key] != getattr(cfg, key):
+            raise CheckpointError(
+                f'{meta_path}: {key} is {meta[key]!r} but model_config says {getattr(cfg, key)!r}; '
+                'the file was edited inconsistently'
+            )
+    return cfg
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = 'cpu', verify_hash: bool = True
+) -> tuple[LeWM, dict[str, Any]]:
+    """Load a checkpoint directory into a ``LeWM`` in eval mode on ``device``; returns (model, meta)."""
+    root = checkpoint_dir(path)
+    meta = read_metadata(root)
+    cfg = _model_config(meta, root / META_FILE)
+    weights_path = root / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f'{weights_path} is missing; {root} is not a complete LeWM checkpoint')
+    expected_hash = (meta.get('weights') or {}).get('sha256')
+    if verify_hash and expected_hash and file_sha256(weights_path) != expected_hash:
+        raise CheckpointError(
+            f'{weights_path} does not match the sha256 recorded in {META_FILE}; the weights were corrupted '
+            'or replaced. Restore the original file or save the checkpoint again.'
+        )
+    try:
+        state = safetensors_io.load_file(weights_path)
+    except safetensors_io.SafetensorsError as err:
+        raise CheckpointError(str(err)) from err
+    model = LeWM(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f'{weights_path} does not fit the model described in {META_FILE}: '
+            f'missing tensors {missing[:8]}{" ..." if len(missing) > 8 else ""}, '
+            f'unexpected tensors {unexpected[:8]}{" ..." if len(unexpected) > 8 else ""}'
+        )
+    for name, ref in expected.items():
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f'{weights_path}: tensor {name!r} has shape {tuple(state[name].shape)} but the model config '
+                f'in '
+                f'{META_FILE} needs {tuple(ref.shape)}; weights and meta.json come from different models'
+            )
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta

@@ -1,0 +1,99 @@
+"""Declarative node parameters: one table gives the declarations, validation and ``--help`` text.
+
+Keeping the three in one place means a parameter can never be documented with one range and
+validated with another. rclpy is imported lazily so the table (and ``--help``) work without ROS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter: its default, what it means, and the values it accepts."""
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = True
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    array_of: type | None = None  # element type of an array parameter whose default is None (unset)
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is not acceptable, or None when it is."""
+        if self.choices and value not in self.choices:
+            return f'{self.name} must be one of {list(self.choices)}, got {value!r}'
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and v != v:
+                return f'{self.name} must not be NaN'
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if self.low is not None and v < self.low:
+                    return f'{self.name} must be >= {self.low}, got {v}'
+                if self.high is not None and v > self.high:
+                    return f'{self.name} must be <= {self.high}, got {v}'
+        return None
+
+
+def declare(node: Any, specs: Iterable[ParamSpec]) -> dict[str, Any]:
+    """Declare every parameter on ``node`` with a descriptor; return the validated start values.
+
+    Raises ``ValueError`` naming each bad value, so a bad YAML file stops the node at start.
+    """
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.parameter import Parameter
+
+    array_types = {float: Parameter.Type.DOUBLE_ARRAY, int: Parameter.Type.INTEGER_ARRAY,
+                   str: Parameter.Type.STRING_ARRAY}
+
+    values, problems = {}, []
+    for spec in specs:
+        descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+        if spec.choices:
+            descriptor.additional_constraints = f'one of {list(spec.choices)}'
+        if spec.low is not None and spec.high is not None and not isinstance(spec.default, (list, tuple)):
+            if isinstance(spec.default, float):
+                descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
+                                                                      to_value=float(spec.high))]
+            elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
+                descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high))]
+        # An array without default is declared by type only: its value stays None until set.
+        default = array_types[spec.array_of] if spec.default is None else spec.default
+        value = node.declare_parameter(spec.name, default, descriptor).value
+        problem = None if value is None else spec.check(value)
+        if problem:
+            problems.append(problem)
+        values[spec.name] = value
+    if problems:
+        raise ValueError('invalid parameters: ' + '; '.join(problems))
+    return values
+
+
+def usage(executable: str, summary: str, specs: Iterable[ParamSpec], extra: str = '') -> str:
+    """The text ``<executable> --help`` prints: how to run it and every parameter."""
+    lines = [f'usage: ros2 run lewm_ros {executable} [--ros-args -p NAME:=VALUE ... '
+             f'--params-file FILE]', '', summary, '', 'parameters:']
+    for spec in specs:
+        has_range = spec.low is not None or spec.high is not None
+        accepted = (f'; one of {list(spec.choices)}' if spec.choices else
+                    f'; range [{spec.low}, {spec.high}]' if has_range else '')
+        mode = 'read-only' if spec.read_only else 'dynamic'
+        default = 'unset' if spec.default is None else repr(spec.default)
+        lines.append(f'  {spec.name} (default {default}; {mode}{accepted})')
+        lines.append(f'      {spec.description}')
+    if extra:
+        lines += ['', extra]
+    return '\n'.join(lines)
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    """True when ``-h``/``--help`` comes before any ``--ros-args`` section."""
+    head = list(argv[1:])
+    if '--ros-args' in head:
+        head = head[:head.index('--ros-args')]
+    return '-h' in head or '--help' in head

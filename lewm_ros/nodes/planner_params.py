@@ -1,0 +1,50 @@
+"""Parameters of ``planner_node``; ``config/planner.yaml`` holds the same defaults (a test checks it)."""
+
+from __future__ import annotations
+
+from lewm_ros.nodes.action_messages import ACTION_TYPES
+from lewm_ros.nodes.parameter_specs import ParamSpec
+
+SOLVERS = ('cem', 'icem', 'mppi')
+
+PLANNER_PARAMS = (
+    ParamSpec('checkpoint', '', 'LeWM checkpoint directory written by `lewm train` (required)'),
+    ParamSpec('device', 'auto', 'torch device for the model: auto picks cuda, then mps, then cpu',
+              choices=('auto', 'cpu', 'cuda', 'mps')),
+    ParamSpec('camera_topic', 'camera/image_raw', 'camera input (sensor_msgs/Image, sensor-data QoS)'),
+    ParamSpec('goal_topic', 'lewm/goal_image', 'goal image input (sensor_msgs/Image, reliable + transient '
+              'local, depth 1)'),
+    ParamSpec('action_topic', 'lewm/action', 'next action output, env units'),
+    ParamSpec('action_type', 'float64_multi_array', 'message type of the action output',
+              choices=ACTION_TYPES),
+    ParamSpec('plan_topic', 'lewm/plan', 'whole planned action sequence (std_msgs/Float64MultiArray, '
+              'layout horizon x frameskip x action_dim) for debugging'),
+    ParamSpec('surprise_topic', 'lewm/surprise',
+              'surprise of each new frame (diagnostic_msgs/DiagnosticArray)'),
+    ParamSpec('surprise_score_topic', 'lewm/surprise/score', 'bare surprise score (std_msgs/Float32)'),
+    ParamSpec('frame_id', 'base_link', 'frame_id of TwistStamped actions'),
+    ParamSpec('control_rate_hz', 10.0, 'control timer rate: one action per tick; the model step is '
+              'frameskip ticks', low=0.1, high=1000.0),
+    ParamSpec('solver', 'cem', 'sampling-based planner in latent space', choices=SOLVERS),
+    ParamSpec('samples', 300, 'candidate action sequences per iteration', read_only=False,
+              low=2, high=100000),
+    ParamSpec('iterations', 30, 'solver iterations per plan', read_only=False, low=1, high=1000),
+    ParamSpec('elites', 30, 'elite candidates refitted per iteration (<= samples)', read_only=False,
+              low=1, high=100000),
+    ParamSpec('horizon', 5, 'planning horizon in action blocks (one block = frameskip ticks)',
+              low=1, high=100),
+    ParamSpec('replan_every', 1, 'blocks executed before re-planning (receding horizon)', read_only=False,
+              low=1, high=100),
+    ParamSpec('action_low', None, "lower action bounds in env units, one per action dim; unset = the "
+              "checkpoint's bounds (tighter bounds only: planning never leaves the trained range)",
+              read_only=False, array_of=float),
+    ParamSpec('action_high', None, 'upper action bounds in env units; see action_low', read_only=False,
+              array_of=float),
+    ParamSpec('stale_timeout', 0.5, 'seconds without a camera frame before the safe action is sent',
+              read_only=False, low=0.0, high=3600.0),
+    ParamSpec('safe_action', 'zero', 'what to send while the camera is stale: zero, or hold the last action',
+              read_only=False, choices=('zero', 'hold')),
+    ParamSpec('surprise_threshold', -1.0, "flag frames whose surprise exceeds this; < 0 = the checkpoint's "
+              'calibrated threshold (`lewm calibrate`)', read_only=False, low=-1.0, high=1e9),
+    ParamSpec('seed', 0, 'seed of the planner\'s random number generator', low=0, high=2**31 - 1),
+)

@@ -1,0 +1,319 @@
+"""LatentPlanner: the API the ROS node and the evaluation use to turn images into actions.
+
+One plan, for B environments at once::
+
+    frames            (B, T, H, W, 3) uint8   T <= history frames at block boundaries, current last
+    executed_actions  (B, T - 1, fs, A)       env units; block i was executed between frames i, i + 1
+    goal              (B, H, W, 3) uint8 image, or (B, D) embedding from encode_goal()
+    -> PlanResult     action_block (B, fs, A) env units: the next block to execute
+                      sequence (B, horizon, fs, A) env units: the whole plan
+
+A *block* is ``frameskip`` env steps: the model sees frames ``frameskip`` env steps apart, so
+the history must hold frames at block boundaries (``BlockHistory`` keeps them), and a plan is
+``horizon`` blocks of ``frameskip`` env actions. All envs and all candidates of an iteration go
+through the world model in one batched call. The planner is stateful only for the warm start:
+it keeps each environment's last plan (by ``env_ids``) and, at the next call, starts from it
+shifted by the blocks executed in between.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from lewm_ros.device import resolve_device
+from lewm_ros.model import LeWM, resize_pixels
+from lewm_ros.planning.config import PlannerConfig
+from lewm_ros.planning.rollout import CachedRollout
+from lewm_ros.planning.solver import make_solver
+
+_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float64': torch.float64}
+
+
+@dataclass
+class PlanResult:
+    """One plan per environment, in env units (``cost`` is the squared embedding distance to the goal)."""
+
+    action_block: torch.Tensor
+    sequence: torch.Tensor
+    cost: torch.Tensor
+    timing: dict[str, float] = field(default_factory=dict)
+    receding_horizon: int = 1
+
+    @property
+    def to_execute(self) -> torch.Tensor:
+        """The env actions to run before re-planning: (B, receding_horizon * fs, A)."""
+        B, _, fs, A = self.sequence.shape
+        return self.sequence[:, : self.receding_horizon].reshape(B, self.receding_horizon * fs, A)
+
+
+def _as_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    return x.to(device=device, dtype=dtype) if dtype is not None else x.to(device)
+
+
+def shift_plan(plan: torch.Tensor, blocks: int) -> torch.Tensor:
+    """Warm start: drop the first ``blocks`` of ``plan`` (B, H, ...) and append zeros (the data mean)."""
+    if blocks <= 0:
+        return plan.clone()
+    shifted = torch.zeros_like(plan)
+    if blocks < plan.shape[1]:
+        shifted[:, : plan.shape[1] - blocks] = plan[:, blocks:]
+    return shifted
+
+
+class LatentPlanner:
+    """Goal-reaching MPC in the embedding space of a LeWM model.
+
+    Args:
+        model: a trained ``LeWM`` (eval mode is set here); the planner runs on its device.
+        config: solver and horizon settings; defaults are the paper's CEM.
+        action_low, action_high: bounds (A,) in env units. Candidates are sampled in normalised
+            space and clamped to the normalised box, so every action returned is within them.
+            ``None`` leaves that side unbounded.
+
+    """
+
+    def __init__(
+        self,
+        model: LeWM,
+        config: PlannerConfig | None = None,
+        action_low: Sequence[float] | torch.Tensor | None = None,
+        action_high: Sequence[float] | torch.Tensor | None = None,
+    ) -> None:
+        self.config = config or PlannerConfig()
+        self.model = model.eval()
+        mc = model.config
+        self.device = next(model.parameters()).device
+        self.frameskip, self.action_dim, self.embed_dim = mc.frameskip, mc.action_dim, mc.embed_dim
+        # the solver works in float64 only when asked to (for exactness tests); float32 otherwise
+        self.dtype = torch.float64 if self.config.dtype == 'float64' else torch.float32
+        self.history = self.config.history or mc.history
+        if self.history > mc.history:
+            raise ValueError(
+                f"planner history {self.history} exceeds the model's trained history {mc.history}"
+            )
+        A = self.action_dim
+        low = (
+            torch.full((A,), -torch.inf)
+            if action_low is None
+            else _as_tensor(action_low, 'cpu', torch.float32)
+        )
+        high = (
+            torch.full((A,), torch.inf)
+            if action_high is None
+            else _as_tensor(action_high, 'cpu', torch.float32)
+        )
+        if low.shape != (A,) or high.shape != (A,):
+            raise ValueError(
+                f'action bounds must have {A} values each, got {tuple(low.shape)} and {tuple(high.shape)}'
+            )
+        if bool((low >= high).any()):
+            raise ValueError(f'action_low {low.tolist()} must be below action_high {high.tolist()}')
+        self.action_low = low.to(self.device, self.dtype)
+        self.action_high = high.to(self.device, self.dtype)
+        with torch.no_grad():
+            self.low_norm = model.normalize_actions(self.action_low).to(self.dtype)
+            self.high_norm = model.normalize_actions(self.action_high).to(self.dtype)
+        self._action_dtype = next(model.action_encoder.parameters()).dtype
+        self.solver = make_solver(self.config)
+        self.rollout = CachedRollout(model.predictor, _DTYPES[self.config.dtype])
+        self._rollout_fn = self._maybe_compile(self.rollout.__call__)
+        self._plans: dict[int, torch.Tensor] = {}
+        self._generators: dict[int, torch.Generator] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, config: PlannerConfig | None = None) -> LatentPlanner:
+        """Load a checkpoint on ``config.device`` and plan within its recorded action bounds."""
+        from lewm_ros.checkpoint import load_checkpoint
+
+        config = config or PlannerConfig()
+        model, meta = load_checkpoint(path, resolve_device(config.device))
+        return cls(model, config, meta.get('action_low'), meta.get('action_high'))
+
+    def _maybe_compile(self, fn):
+        cfg = self.config
+        if not (cfg.compile or cfg.cuda_graphs):
+            return fn
+        if cfg.cuda_graphs and self.device.type != 'cuda':
+            raise ValueError('cuda_graphs needs a CUDA device; the planner runs on ' + str(self.device))
+        mode = 'reduce-overhead' if cfg.cuda_graphs else 'max-autotune-no-cudagraphs'
+        return torch.compile(fn, mode=mode, dynamic=False)
+
+    # -- state -----------------------------------------------------------------------------------
+    def reset(self, env_ids: Sequence[int] | None = None) -> None:
+        """Forget the warm-start plan (and restart the random stream) of ``env_ids`` (all if None)."""
+        ids = list(self._plans) + list(self._generators) if env_ids is None else list(env_ids)
+        for i in ids:
+            self._plans.pop(int(i), None)
+            self._generators.pop(int(i), None)
+
+    def _generator(self, env_id: int) -> torch.Generator:
+        if env_id not in self._generators:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(self.config.seed * 1_000_003 + env_id)
+            self._generators[env_id] = gen
+        return self._generators[env_id]
+
+    # -- encoding --------------------------------------------------------------------------------
+    def _pixels(self, frames: Any, what: str) -> torch.Tensor:
+        x = _as_tensor(frames, self.device)
+        if x.dtype != torch.uint8:
+            raise TypeError(f'{what} must be uint8 RGB images, got {x.dtype}')
+        if x.shape[-1] != 3:
+            raise ValueError(f'{what} must be channels-last RGB (..., H, W, 3), got shape {tuple(x.shape)}')
+        return resize_pixels(x, self.model.config.image_size)
+
+    @torch.no_grad()
+    def encode_goal(self, image: Any) -> torch.Tensor:
+        """Goal images (B, H, W, 3) uint8 -> goal embeddings (B, D) to pass as ``goal``."""
+        pixels = self._pixels(image, 'goal image')
+        if pixels.dim() != 4:
+            raise ValueError(f'goal images must be (B, H, W, 3), got {tuple(pixels.shape)}')
+        return self.model.encode(pixels.unsqueeze(1))[:, 0].to(self.dtype)
+
+    def _goal_embedding(self, goal: Any, batch: int) -> torch.Tensor:
+        B = batch
+        g = _as_tensor(goal, self.device)
+        if g.dtype == torch.uint8:
+            g = self.encode_goal(g)
+        g = g.to(self.dtype)
+        if g.shape != (B, self.embed_dim):
+            raise ValueError(
+                f'goal must be (B={B}, H, W, 3) uint8 images or (B={B}, D={self.embed_dim}) embeddings, '
+                f'got {tuple(g.shape)}'
+            )
+        return g
+
+    # -- planning --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def plan(
+        self,
+        frames: Any,
+        executed_actions: Any | None,
+        goal: Any,
+        env_ids: Sequence[int] | None = None,
+        executed_blocks: int | None = None,
+    ) -> PlanResult:
+        """Plan ``config.horizon`` blocks for each of B environments (see the module docstring).
+
+        Args:
+            frames: (B, T, H, W, 3) uint8, boundary frames oldest first; frames beyond the planner's
+                history are dropped from the front. Resized to the model's size if needed.
+            executed_actions: (B, T - 1, fs, A) or (B, T - 1, fs * A) env units; None when T = 1.
+            goal: (B, H, W, 3) uint8 goal images or (B, D) goal embeddings.
+            env_ids: warm-start slot of each row (default 0..B-1).
+            executed_blocks: blocks of the previous plan executed since it was made (default
+                ``config.receding_horizon``); the warm start shifts by this much.
+
+        """
+        t_start = time.perf_counter()
+        cfg, fs, A = self.config, self.frameskip, self.action_dim
+        pixels = self._pixels(frames, 'frames')
+        if pixels.dim() != 5:
+            raise ValueError(f'frames must be (B, T, H, W, 3), got {tuple(pixels.shape)}')
+        B, T = pixels.shape[:2]
+        acts = self._executed(executed_actions, B, T)
+        if T > self.history:
+            pixels, acts, T = pixels[:, -self.history :], acts[:, -(self.history - 1) :], self.history
+            if self.history == 1:
+                acts = acts[:, :0]
+        ids = list(range(B)) if env_ids is None else [int(i) for i in env_ids]
+        if len(ids) != B or len(set(ids)) != B:
+            raise ValueError(f'env_ids must name {B} distinct slots, got {ids}')
+
+        z_obs = self.model.encode(pixels)
+        goal_z = self._goal_embedding(goal, B)
+        obs_emb = self._embed_actions(self.model.normalize_actions(acts.reshape(B, T - 1, fs * A)))
+        self.rollout.prepare(z_obs, obs_emb, cfg.horizon)
+        self._sync()
+        t_encoded = time.perf_counter()
+
+        mean = self._initial_mean(ids, cfg.receding_horizon if executed_blocks is None else executed_blocks)
+        std = torch.full_like(mean, cfg.init_std)
+        rollout_time = [0.0]
+
+        def cost_fn(candidates: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            Bc, N = candidates.shape[:2]
+            emb = self._embed_actions(candidates.reshape(Bc, N, cfg.horizon, fs * A))
+            z_final = self._rollout_fn(emb)
+            cost = (z_final.to(self.dtype) - goal_z.unsqueeze(1)).square().sum(-1)
+            self._sync()
+            rollout_time[0] += time.perf_counter() - t0
+            return cost
+
+        result = self.solver.solve(
+            cost_fn, mean, std, self.low_norm, self.high_norm, [self._generator(i) for i in ids]
+        )
+        if cfg.warm_start:
+            for row, i in enumerate(ids):
+                self._plans[i] = result.actions[row].clone()
+        sequence = self.model.denormalize_actions(result.actions)
+        sequence = torch.clamp(sequence, min=self.action_low, max=self.action_high)
+        self._sync()
+        t_end = time.perf_counter()
+        timing = {
+            'encode_ms': (t_encoded - t_start) * 1e3,
+            'rollout_ms': rollout_time[0] * 1e3,
+            'solver_ms': (t_end - t_encoded - rollout_time[0]) * 1e3,
+            'total_ms': (t_end - t_start) * 1e3,
+        }
+        return PlanResult(
+            action_block=sequence[:, 0],
+            sequence=sequence,
+            cost=result.cost,
+            timing=timing,
+            receding_horizon=cfg.receding_horizon,
+        )
+
+    def _executed(self, executed_actions: Any | None, batch: int, frames: int) -> torch.Tensor:
+        B, T = batch, frames
+        fs, A = self.frameskip, self.action_dim
+        if executed_actions is None:
+            if T > 1:
+                raise ValueError(
+                    f'{T} frames given but no executed_actions; pass the {T - 1} blocks between them'
+                )
+            return torch.zeros(B, 0, fs, A, device=self.device, dtype=self.dtype)
+        acts = _as_tensor(executed_actions, self.device, self.dtype)
+        if acts.dim() == 3 and acts.shape[-1] == fs * A:
+            acts = acts.reshape(acts.shape[0], acts.shape[1], fs, A)
+        if acts.shape != (B, T - 1, fs, A):
+            raise ValueError(
+                f'executed_actions must be (B={B}, T-1={T - 1}, frameskip={fs}, A={A}) '
+                f'or (B, T-1, {fs * A}), '
+                f'got {tuple(acts.shape)}'
+            )
+        return acts
+
+    def _initial_mean(self, ids: list[int], executed_blocks: int) -> torch.Tensor:
+        cfg = self.config
+        shape = (cfg.horizon, self.frameskip, self.action_dim)
+        rows = []
+        for i in ids:
+            prev = self._plans.get(i) if cfg.warm_start else None
+            rows.append(
+                torch.zeros(shape, device=self.device, dtype=self.dtype)
+                if prev is None
+                else shift_plan(prev[None], executed_blocks)[0]
+            )
+        return torch.stack(rows)
+
+    def _embed_actions(self, actions_norm: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_actions(actions_norm.to(self._action_dtype))
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == 'mps':
+            torch.mps.synchronize()

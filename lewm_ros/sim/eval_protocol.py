@@ -1,0 +1,38 @@
+"""The evaluation protocol of the LeWM paper, shared by ``lewm eval`` and the ROS sim node.
+
+Start from a state of an expert episode; the goal is the state the expert reached ``goal_ahead``
+env steps later; the planner then has a fixed step budget (50) to reach it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+GOAL_AHEAD_STEPS = 25
+STEP_BUDGET = 50
+
+
+def expert_start_and_goal(
+    env: Any,
+    rng: np.random.Generator,
+    goal_ahead: int = GOAL_AHEAD_STEPS,
+    max_offset: int = 25,
+    expert_noise: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Roll the task's expert from a random start; return (start state, state ``goal_ahead`` steps on).
+
+    The start is taken a random ``0..max_offset`` steps into the expert episode, so evaluation
+    covers mid-trajectory states and not only the task's resets.
+    """
+    from lewm_ros.sim.experts import make_expert
+
+    obs, _ = env.reset(seed=int(rng.integers(2**31 - 1)))
+    expert = make_expert(env, noise=expert_noise, rng=rng)
+    offset = int(rng.integers(0, max_offset + 1))
+    states = [env.get_state()]
+    for _ in range(offset + goal_ahead):
+        obs, _, _, _, _ = env.step(expert.act(obs))
+        states.append(env.get_state())
+    return states[offset], states[offset + goal_ahead]

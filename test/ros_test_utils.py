@@ -1,0 +1,42 @@
+"""Helpers for tests that run real rclpy nodes in-process: waits with timeouts, a background executor."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+class SpinningExecutor:
+    """A multi-threaded executor spun in a background thread, with nodes added by the test."""
+
+    def __init__(self, context: object) -> None:
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self._nodes: list[object] = []
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def add(self, node: object) -> object:
+        """Add ``node`` to the executor and remember to destroy it at the end."""
+        self._nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def close(self) -> None:
+        """Stop spinning and destroy the nodes, in the order that lets rclpy exit cleanly."""
+        self.executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=5.0)
+        for node in self._nodes:
+            node.destroy_node()

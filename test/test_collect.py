@@ -1,0 +1,142 @@
+"""``lewm collect`` writes complete, deterministic, resumable files that training reads; so does view."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip('mujoco', reason='collection needs mujoco')
+pytest.importorskip('h5py', reason='collection needs h5py')
+
+from lewm_ros.sim import make_env  # noqa: E402
+from training.cli import main as lewm  # noqa: E402
+from training.episodes import EpisodeFile, partial_path  # noqa: E402
+
+SMALL = ['--env', 'lewm/TwoRoom-v0', '--img-size', '32', '--steps', '20', '--noise', '0.1']
+
+
+def collect(out: Path, *extra: str, episodes: int = 3) -> None:
+    assert lewm(['collect', *SMALL, '--episodes', str(episodes), '--out', str(out), *extra]) == 0
+
+
+def columns(path: Path) -> dict[str, np.ndarray]:
+    with EpisodeFile(path) as f:
+        names = ('pixels', 'actions', 'state', 'proprio', 'episode_offsets', 'episode_lengths')
+        return {name: f.column(name)[:] for name in (*names, 'episode_success')}
+
+
+def test_collect_writes_the_episode_format_with_metadata(tmp_path, capsys):
+    out = tmp_path / 'two_room.h5'
+    collect(out)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary['frames'] == 3 * 21 and summary['episodes_collected'] == 3
+    assert not partial_path(out).exists()
+    with EpisodeFile(out) as f:
+        attrs = f.attrs
+        assert f.num_episodes == 3 and list(f.lengths) == [21, 21, 21]
+        episode = f.episode(1)
+    assert attrs['complete'] and attrs['env_id'] == 'lewm/TwoRoom-v0' and attrs['image_size'] == 32
+    assert attrs['frameskip'] == 5 and attrs['control_rate_hz'] == 10.0
+    assert attrs['policy'] == 'expert' and attrs['noise'] == pytest.approx(0.1) and attrs['seed'] == 0
+    assert episode['pixels'].shape == (21, 32, 32, 3) and episode['pixels'].dtype == np.uint8
+    assert np.isnan(episode['actions'][-1]).all() and np.isfinite(episode['actions'][:-1]).all()
+    # episode i starts where the env starts with seed + i, and the pixels are the env's frames
+    env = make_env('lewm/TwoRoom-v0', img_size=32)
+    obs, info = env.reset(seed=1)
+    np.testing.assert_allclose(episode['state'][0], info['state'], atol=1e-6)
+    assert np.array_equal(episode['pixels'][0], obs)
+    obs, *_ = env.step(episode['actions'][0])
+    assert np.array_equal(episode['pixels'][1], obs)
+    env.close()
+
+
+def test_training_dataset_reads_a_collected_file(tmp_path):
+    from training.dataset import load_clip_data
+
+    out = tmp_path / 'clips.h5'
+    collect(out, episodes=2)
+    data = load_clip_data(out, history=3, frameskip=None, image_size=32, val_fraction=0.0)
+    assert data.frameskip == 5 and data.action_dim == 2
+    assert data.report.clips_kept == 2 * (21 - 15)  # 16-frame clips in 21-frame episodes
+    clip = data.train[0]
+    assert tuple(clip['pixels'].shape) == (4, 32, 32, 3)
+    assert tuple(clip['actions'].shape) == (3, 10)
+
+
+def test_result_does_not_depend_on_the_number_of_workers(tmp_path):
+    one, two = tmp_path / 'one.h5', tmp_path / 'two.h5'
+    collect(one, '--workers', '1')
+    collect(two, '--workers', '2')
+    a, b = columns(one), columns(two)
+    for name in a:
+        assert np.array_equal(a[name], b[name], equal_nan=True), name
+
+
+def test_killed_run_leaves_no_complete_looking_file_and_resumes_to_the_same_result(tmp_path):
+    out, reference = tmp_path / 'killed.h5', tmp_path / 'reference.h5'
+    args = [*SMALL, '--steps', '40', '--episodes', '24']
+    command = [sys.executable, '-m', 'training.cli', 'collect', *args, '--out', str(out)]
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, 'PYTHONPATH': str(repo)})
+    partial = partial_path(out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not partial.exists() or partial.stat().st_size < 60_000):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert partial.exists() and not out.exists(), 'the run finished before it could be killed'
+    with pytest.raises(FileNotFoundError, match='partial'):
+        EpisodeFile(out)
+    with pytest.raises(SystemExit, match='--resume'):
+        lewm(['collect', *args, '--out', str(out)])
+    with pytest.raises(SystemExit, match='other settings'):
+        lewm(['collect', *args, '--out', str(out), '--resume', '--noise', '0.3'])
+    assert lewm(['collect', *args, '--out', str(out), '--resume']) == 0
+    assert lewm(['collect', *args, '--out', str(reference)]) == 0
+    a, b = columns(out), columns(reference)
+    for name in a:
+        assert np.array_equal(a[name], b[name], equal_nan=True), name
+
+
+def test_existing_files_and_mismatched_resumes_are_refused(tmp_path):
+    out = tmp_path / 'done.h5'
+    collect(out, episodes=1)
+    with pytest.raises(SystemExit, match='--overwrite'):
+        collect(out, episodes=1)
+    collect(out, '--overwrite', episodes=1)
+    with pytest.raises(SystemExit, match='no .*partial'):
+        collect(tmp_path / 'fresh.h5', '--resume', episodes=1)
+    with pytest.raises(SystemExit, match='unknown --env'):
+        lewm(['collect', '--env', 'lewm/Nope-v0', '--episodes', '1', '--out', str(tmp_path / 'x.h5')])
+
+
+def test_perturbed_collection_records_the_event(tmp_path):
+    out = tmp_path / 'teleport.h5'
+    collect(out, '--perturb', 'teleport', '--perturb-step', '10', '--goals', 'single', episodes=1)
+    with EpisodeFile(out) as f:
+        attrs, state = f.attrs, f.episode(0)['state']
+    assert attrs['perturb'] == 'teleport' and attrs['perturb_step'] == 10
+    jumps = np.linalg.norm(np.diff(state[:, :2], axis=0), axis=1)
+    assert int(np.argmax(jumps)) == 9  # between frame 9 and frame 10
+
+
+@pytest.mark.parametrize('suffix', ['.png', '.gif'])
+def test_view_writes_a_picture_of_an_episode(tmp_path, capsys, suffix):
+    from PIL import Image
+
+    out = tmp_path / f'reacher{suffix}'
+    args = ['view', '--env', 'lewm/Reacher-v0', '--img-size', '48', '--steps', '20', '--out', str(out)]
+    assert lewm(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report['out'] == str(out)
+    image = Image.open(out)
+    assert image.size[0] >= 48 and np.asarray(image.convert('RGB')).std() > 10

@@ -1,0 +1,84 @@
+"""Scripted experts reach their goals (a few seeded episodes by default, a batch rate under -m slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip('mujoco', reason='the tasks need mujoco')
+
+from lewm_ros.sim import ENV_IDS, make_env  # noqa: E402
+from lewm_ros.sim.experts import RandomPolicy, make_expert, make_policy  # noqa: E402
+
+
+def expert_success_rate(env_id: str, episodes: int, noise: float, seed: int = 0) -> tuple[float, float]:
+    """(fraction of episodes whose goal was reached, mean steps to reach it) at 32 px."""
+    env = make_env(env_id, img_size=32)
+    reached, steps = [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        expert = make_expert(env, noise=noise, rng=np.random.default_rng(seed + episode))
+        for t in range(env.max_episode_steps):
+            obs, _, _, _, info = env.step(expert.act(obs))
+            if info['is_success']:
+                steps.append(t + 1)
+                break
+        reached.append(info['is_success'])
+    env.close()
+    return float(np.mean(reached)), float(np.mean(steps)) if steps else float('nan')
+
+
+@pytest.mark.parametrize('env_id', ENV_IDS)
+def test_expert_reaches_the_goal_in_a_seeded_batch(env_id):
+    rate, _ = expert_success_rate(env_id, episodes=3, noise=0.1, seed=100)
+    assert rate == 1.0
+
+
+@pytest.mark.parametrize('env_id', ENV_IDS)
+def test_random_policy_stays_in_bounds_and_rarely_succeeds(env_id):
+    env = make_env(env_id, img_size=32)
+    obs, _ = env.reset(seed=0)
+    policy = make_policy(env, 'random', rng=np.random.default_rng(0))
+    assert isinstance(policy, RandomPolicy)
+    successes = 0
+    for _ in range(40):
+        action = policy.act(obs)
+        assert env.action_space.contains(action.astype(np.float32))
+        obs, _, _, _, info = env.step(action)
+        successes += info['is_success']
+    assert successes < 40
+    env.close()
+
+
+def test_expert_noise_is_seeded_and_bounded():
+    env = make_env('lewm/TwoRoom-v0', img_size=32)
+    env.reset(seed=0)
+    a = [make_expert(env, noise=0.5, rng=np.random.default_rng(1)).act() for _ in range(2)]
+    assert np.array_equal(a[0], a[1])
+    assert np.all(np.abs(a[0]) <= 1.0)
+    with pytest.raises(ValueError, match='noise'):
+        make_expert(env, noise=-0.1)
+    with pytest.raises(ValueError, match="'expert' or 'random'"):
+        make_policy(env, 'teleop')
+    env.close()
+
+
+def test_expert_recovers_after_a_teleport():
+    env = make_env('lewm/Cube-v0', img_size=32)
+    obs, _ = env.reset(seed=3, options={'perturb': ('teleport', 15)})
+    expert = make_expert(env, rng=np.random.default_rng(3))
+    for _ in range(env.max_episode_steps):
+        obs, _, _, _, info = env.step(expert.act(obs))
+        if info['is_success'] and info['elapsed_steps'] > 15:
+            break
+    assert info['is_success']
+    env.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('noise', [0.0, 0.2])
+@pytest.mark.parametrize('env_id', ENV_IDS)
+def test_expert_success_rate_over_fifty_episodes(env_id, noise):
+    rate, mean_steps = expert_success_rate(env_id, episodes=50, noise=noise)
+    print(f'{env_id} noise {noise}: expert success {rate:.2f}, mean steps to goal {mean_steps:.1f}')
+    assert rate >= 0.9

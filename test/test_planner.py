@@ -1,0 +1,150 @@
+"""LatentPlanner: bounds, warm start, batching, history handling and input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_rollout import random_model
+
+from lewm_ros.planning import BlockHistory, LatentPlanner, PlannerConfig, shift_plan
+
+LOW = np.array([-0.2, -1.0], np.float32)
+HIGH = np.array([0.5, 0.3], np.float32)
+
+
+def planner_model():
+    # float64 world model (action encoder + predictor) for exact comparisons; the image encoder
+    # stays float32 because LeWM.encode normalises pixels to float32
+    model = random_model(3, dtype=torch.float32)
+    model.action_encoder.double()
+    model.predictor.double()
+    # non-trivial normalisation so that clamping in normalised space is really tested
+    model.action_mean.copy_(torch.tensor([0.4, -0.5]))
+    model.action_std.copy_(torch.tensor([0.3, 2.0]))
+    return model
+
+
+def scene(envs: int, frames: int, seed: int = 0):
+    B, T = envs, frames
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8)
+    actions = rng.uniform(LOW, HIGH, (B, T - 1, 3, 2)).astype(np.float32)
+    goal = rng.integers(0, 256, (B, 16, 16, 3), dtype=np.uint8)
+    return frames, actions, goal
+
+
+def make_planner(model=None, **overrides) -> LatentPlanner:
+    cfg = PlannerConfig(**{'samples': 40, 'iterations': 4, 'elites': 8, 'horizon': 3, 'receding_horizon': 1,
+                           'dtype': 'float64', **overrides})  # fmt: skip
+    return LatentPlanner(model if model is not None else planner_model(), cfg, LOW, HIGH)
+
+
+@pytest.mark.parametrize('solver', ['cem', 'icem', 'mppi'])
+def test_every_candidate_and_every_returned_action_is_within_the_bounds(solver: str) -> None:
+    planner = make_planner(solver=solver, init_std=3.0)  # wide sampling: many candidates hit the box
+    scored = []
+    solve = planner.solver.solve
+
+    def recording_solve(cost_fn, *args):
+        def recording_cost(candidates):
+            scored.append(candidates.clone())
+            return cost_fn(candidates)
+
+        return solve(recording_cost, *args)
+
+    planner.solver.solve = recording_solve
+    frames, actions, goal = scene(2, 3)
+    result = planner.plan(frames, actions, goal)
+    assert result.action_block.shape == (2, 3, 2) and result.sequence.shape == (2, 3, 3, 2)
+    dtype = result.sequence.dtype
+    low, high = torch.as_tensor(LOW, dtype=dtype), torch.as_tensor(HIGH, dtype=dtype)
+    assert bool(((result.sequence >= low) & (result.sequence <= high)).all())
+    # candidates live in normalised units; mapped back they must respect the env bounds too
+    candidates = planner.model.denormalize_actions(torch.cat([c.reshape(-1, 2) for c in scored]))
+    assert bool(((candidates >= low - 1e-9) & (candidates <= high + 1e-9)).all())
+    for bound in (low, high):  # the bounds are active, else this test proves nothing
+        assert bool(torch.isclose(candidates, bound, atol=1e-9).any(dim=0).all())
+    assert result.to_execute.shape == (2, 3, 2)
+    assert set(result.timing) == {'encode_ms', 'rollout_ms', 'solver_ms', 'total_ms'}
+
+
+def test_shift_plan_drops_executed_blocks_and_pads_with_the_mean() -> None:
+    plan = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    shifted = shift_plan(plan, 1)
+    torch.testing.assert_close(shifted[:, :3], plan[:, 1:])
+    assert bool((shifted[:, 3] == 0).all())
+    assert bool((shift_plan(plan, 4) == 0).all())
+    torch.testing.assert_close(shift_plan(plan, 0), plan)
+
+
+def test_warm_start_starts_from_the_previous_plan_shifted_by_the_executed_blocks() -> None:
+    planner = make_planner(horizon=4)
+    starts = []
+    solve = planner.solver.solve
+
+    def recording_solve(cost_fn, mean, *args):
+        starts.append(mean.clone())
+        return solve(cost_fn, mean, *args)
+
+    planner.solver.solve = recording_solve
+    frames, actions, goal = scene(2, 3)
+    first = planner.plan(frames, actions, goal)
+    planner.plan(frames, actions, goal, executed_blocks=2)
+    assert bool((starts[0] == 0).all()), 'the first plan starts cold, from the data mean'
+    first_norm = planner.model.normalize_actions(first.sequence)
+    torch.testing.assert_close(starts[1][:, :2], first_norm[:, 2:], atol=1e-9, rtol=0)
+    assert bool((starts[1][:, 2:] == 0).all())
+    planner.reset(env_ids=[1])
+    planner.plan(frames, actions, goal, executed_blocks=1)
+    assert not bool((starts[2][0] == 0).all()) and bool((starts[2][1] == 0).all())
+
+
+def test_batched_plan_equals_per_environment_plans() -> None:
+    model = planner_model()
+    frames, actions, goal = scene(3, 3, seed=5)
+    batched = make_planner(model).plan(frames, actions, goal)
+    for b in range(3):
+        alone = make_planner(model).plan(frames[b : b + 1], actions[b : b + 1], goal[b : b + 1], env_ids=[b])
+        torch.testing.assert_close(batched.sequence[b], alone.sequence[0], atol=1e-9, rtol=0)
+        # the image encoder is float32, and batching changes its rounding: costs agree to ~1e-8
+        torch.testing.assert_close(batched.cost[b], alone.cost[0], atol=0, rtol=1e-6)
+
+
+def test_planner_uses_the_whole_history_and_drops_older_frames() -> None:
+    model = planner_model()
+    frames, actions, goal = scene(1, 4, seed=2)
+    goal_z = make_planner(model).encode_goal(goal)
+    full = make_planner(model).plan(frames, actions, goal_z)
+    trimmed = make_planner(model).plan(frames[:, 1:], actions[:, 1:], goal_z)
+    torch.testing.assert_close(full.sequence, trimmed.sequence, atol=0, rtol=0)
+    older = frames.copy()
+    older[:, 1] = 255 - older[:, 1]  # a frame inside the 3-frame window changes the plan
+    changed = make_planner(model).plan(older, actions, goal_z)
+    assert (changed.cost - full.cost).abs().item() > 1e-7  # float64 rollout: far above rounding
+
+
+def test_bad_inputs_get_clear_errors() -> None:
+    planner = make_planner()
+    frames, actions, goal = scene(1, 3)
+    with pytest.raises(ValueError, match='executed_actions must be'):
+        planner.plan(frames, actions[:, :1], goal)
+    with pytest.raises(ValueError, match='no executed_actions'):
+        planner.plan(frames, None, goal)
+    with pytest.raises(TypeError, match='uint8'):
+        planner.plan(frames.astype(np.float32), actions, goal)
+    with pytest.raises(ValueError, match='goal must be'):
+        planner.plan(frames, actions, np.zeros((1, 5), np.float32))
+    with pytest.raises(ValueError, match='below action_high'):
+        LatentPlanner(planner.model, PlannerConfig(), HIGH, LOW)
+
+
+def test_block_history_keeps_boundary_frames_and_blocks() -> None:
+    hist = BlockHistory(history=3, frameskip=2, action_dim=1)
+    frame = lambda i: np.full((4, 4, 3), i, np.uint8)  # noqa: E731
+    hist.reset(frame(0))
+    boundaries = [hist.step(np.array([s], np.float32), frame(s + 1)) for s in range(7)]
+    assert boundaries == [False, True, False, True, False, True, False]
+    assert not hist.at_boundary
+    assert [f[0, 0, 0] for f in hist.frames()] == [2, 4, 6]
+    np.testing.assert_array_equal(hist.actions()[:, :, 0], [[2, 3], [4, 5]])

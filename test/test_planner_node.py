@@ -1,0 +1,280 @@
+"""planner_node over real rclpy and Fast DDS: outputs, rates, safety and the bad-input matrix.
+
+The checkpoint is a tiny random-weight model written to disk: these tests check the node's
+behaviour (what it publishes, when, and what it refuses), not the quality of its plans.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed')
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from ros_test_utils import wait_for  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Float32, Float64MultiArray  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from lewm_ros.checkpoint import build_metadata, save_checkpoint  # noqa: E402
+from lewm_ros.image_conversion import rgb_to_image_fields  # noqa: E402
+from lewm_ros.model import LeWM, ModelConfig  # noqa: E402
+from lewm_ros.nodes.planner_node import PlannerNode  # noqa: E402
+
+RATE_HZ = 20.0
+FAST_PLANNER = {'samples': 16, 'iterations': 2, 'elites': 4, 'horizon': 2}
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip('torch')
+    torch.manual_seed(0)
+    model = LeWM(ModelConfig.from_preset('micro', frameskip=2), action_mean=[0.0, 0.0], action_std=[0.5, 0.5])
+    path = tmp_path_factory.mktemp('planner_node') / 'micro'
+    save_checkpoint(path, model, build_metadata(model, action_low=[-1.0, -1.0], action_high=[1.0, 1.0]))
+    return path
+
+
+def image(rng: np.random.Generator, size: int = 32) -> Image:
+    return Image(**rgb_to_image_fields(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+
+
+class Harness:
+    """A test node that feeds the planner and records everything it publishes."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.rng = np.random.default_rng(0)
+        self.actions: list[tuple[float, np.ndarray]] = []
+        self.surprise: list[DiagnosticArray] = []
+        self.scores: list[float] = []
+        self.plans: list[Float64MultiArray] = []
+        node.create_subscription(Float64MultiArray, 'lewm/action',
+                                 lambda m: self.actions.append((time.monotonic(), np.array(m.data))), 50)
+        node.create_subscription(DiagnosticArray, 'lewm/surprise', self.surprise.append, 50)
+        node.create_subscription(Float32, 'lewm/surprise/score', lambda m: self.scores.append(m.data), 50)
+        node.create_subscription(Float64MultiArray, 'lewm/plan', self.plans.append, 50)
+        self.camera = node.create_publisher(Image, 'camera/image_raw', 10)
+        self.goal = node.create_publisher(Image, 'lewm/goal_image', LATCHED)
+        self._streaming = threading.Event()
+
+    def stream_frames(self) -> threading.Thread:
+        """Publish fresh frames at 2x the control rate until stop_stream()."""
+        self._streaming.set()
+
+        def run() -> None:
+            while self._streaming.is_set():
+                self.camera.publish(image(self.rng))
+                time.sleep(0.5 / RATE_HZ)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    def stop_stream(self) -> None:
+        self._streaming.clear()
+
+    def actions_between(self, start: float, end: float) -> list[np.ndarray]:
+        return [a for t, a in self.actions if start <= t < end]
+
+
+@pytest.fixture
+def setup(rclpy_context, spinner, checkpoint):
+    def make(**params):
+        node = spinner.add(PlannerNode(context=rclpy_context, checkpoint=str(checkpoint), device='cpu',
+                                       control_rate_hz=RATE_HZ, **{**FAST_PLANNER, **params}))
+        harness = Harness(spinner.add(Node('planner_harness', context=rclpy_context)))
+        assert wait_for(lambda: harness.camera.get_subscription_count() > 0, 10.0)
+        return node, harness
+    return make
+
+
+def test_actions_within_limits_at_the_control_rate(setup) -> None:
+    node, h = setup(action_low=[-0.3, -0.2], action_high=[0.3, 0.25])
+    h.goal.publish(image(h.rng))
+    h.stream_frames()
+    try:
+        assert wait_for(lambda: len(h.actions) >= 5, 15.0), 'no actions within 15 s'
+        start = time.monotonic()
+        time.sleep(2.0)  # an observation window, not a synchronisation
+        window = h.actions_between(start, start + 2.0)
+    finally:
+        h.stop_stream()
+    rate = len(window) / 2.0
+    assert abs(rate - RATE_HZ) <= 0.3 * RATE_HZ, f'actions at {rate:.1f} Hz, expected {RATE_HZ}'
+    actions = np.array(window)
+    assert actions.shape[1] == 2
+    low, high = np.array([-0.3, -0.2]) - 1e-9, np.array([0.3, 0.25]) + 1e-9
+    outside = actions[np.any((actions < low) | (actions > high), axis=1)]
+    assert not len(outside), f"actions outside the bounds: {outside}"
+    plan = h.plans[-1]
+    assert [d.size for d in plan.layout.dim] == [2, 2, 2] and len(plan.data) == 8
+
+
+def test_one_surprise_message_per_frame_with_the_frame_stamp(setup) -> None:
+    node, h = setup()
+    for i in range(8):
+        msg = image(h.rng)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 100 + i, 7
+        h.camera.publish(msg)
+        assert wait_for(lambda n=i: len(h.surprise) > n, 5.0), f'no surprise message for frame {i}'
+    assert len(h.surprise) == 8
+    assert [m.header.stamp.sec for m in h.surprise] == list(range(100, 108))
+    status = h.surprise[-1].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert set(values) == {'score', 'threshold', 'running_mean', 'flagged'}
+    # The first frame cannot be predicted (nothing precedes it); once a block of ticks has passed
+    # every frame has a score, and the bare score topic carries exactly those.
+    assert 'warming up' in h.surprise[0].status[0].message
+    scored = [m for m in h.surprise if m.status[0].values[0].value != 'nan']
+    assert float(values['score']) >= 0 and len(scored) >= 6
+    assert wait_for(lambda: len(h.scores) == len(scored), 2.0)
+    assert not h.actions, 'actions were sent without a goal'
+
+
+def test_surprise_is_flagged_above_the_threshold_parameter(setup) -> None:
+    node, h = setup(surprise_threshold=0.0)  # every scored frame is above 0
+    for i in range(4):
+        h.camera.publish(image(h.rng))
+        assert wait_for(lambda n=i: len(h.surprise) > n, 5.0)
+    for msg in h.surprise:
+        status = msg.status[0]
+        scored = status.values[0].value != 'nan'
+        assert status.level == (status.WARN if scored else status.OK), status
+    assert h.surprise[-1].status[0].level == h.surprise[-1].status[0].WARN
+
+
+def test_malformed_images_are_dropped_and_the_node_keeps_running(setup) -> None:
+    node, h = setup()
+    good = image(h.rng)
+    bad = [
+        Image(height=32, width=32, encoding='yuv422', step=64, data=bytes(32 * 64)),    # unknown encoding
+        Image(height=32, width=32, encoding='rgb8', step=96, data=bytes(100)),          # size != step*height
+        Image(height=0, width=0, encoding='rgb8', step=0, data=b''),                    # empty
+        Image(height=2, width=2, encoding='32FC1', step=8,
+              data=np.full(4, np.nan, np.float32).tobytes()),                            # NaN floats
+    ]
+    for msg in bad:
+        for publisher in (h.camera, h.goal):
+            before = node.dropped_frames
+            publisher.publish(msg)
+            assert wait_for(lambda n=before: node.dropped_frames > n, 5.0), f'{msg.encoding} not dropped'
+    h.camera.publish(good)
+    assert wait_for(lambda: len(h.surprise) == 1, 5.0), 'the node stopped handling frames after bad ones'
+    assert not node.mpc.has_goal
+
+
+def test_goal_of_another_size_is_resized_and_used(setup) -> None:
+    node, h = setup()
+    h.goal.publish(image(h.rng, size=80))
+    h.stream_frames()
+    try:
+        assert wait_for(lambda: len(h.actions) >= 3, 15.0), 'no actions after a 80 px goal'
+    finally:
+        h.stop_stream()
+
+
+def test_no_goal_no_actions_then_goal_from_camera_service(setup) -> None:
+    node, h = setup()
+    h.stream_frames()
+    try:
+        assert wait_for(lambda: len(h.surprise) >= 10, 10.0)
+        assert not h.actions, 'actions were sent without a goal'
+        client = h.node.create_client(Trigger, '/lewm_planner/set_goal_from_camera')
+        assert client.wait_for_service(timeout_sec=5.0)
+        future = client.call_async(Trigger.Request())
+        assert wait_for(future.done, 5.0) and future.result().success
+        assert wait_for(lambda: len(h.actions) >= 3, 10.0), 'no actions after set_goal_from_camera'
+        clear = h.node.create_client(Trigger, '/lewm_planner/clear_goal')
+        assert clear.wait_for_service(timeout_sec=5.0)
+        future = clear.call_async(Trigger.Request())
+        assert wait_for(future.done, 5.0) and future.result().success
+        assert wait_for(lambda: not node.mpc.has_goal, 5.0)
+        count = len(h.actions)
+        time.sleep(0.3)  # an observation window: nothing may be sent now
+        assert len(h.actions) <= count + 1
+    finally:
+        h.stop_stream()
+
+
+@pytest.mark.parametrize('safe_action', ['zero', 'hold'])
+def test_stale_camera_sends_the_safe_action(setup, safe_action: str) -> None:
+    node, h = setup(stale_timeout=0.2, safe_action=safe_action)
+    h.goal.publish(image(h.rng))
+    h.stream_frames()
+    assert wait_for(lambda: len(h.actions) >= 3, 15.0)
+    h.stop_stream()
+    stopped = time.monotonic()
+    stale_from = stopped + 0.3  # past the 0.2 s timeout
+    assert wait_for(lambda: len(h.actions_between(stale_from, 1e12)) >= 3, 5.0), 'nothing sent while stale'
+    stale = h.actions_between(stale_from, 1e12)
+    before = h.actions_between(0.0, stopped + 0.2)[-1]  # the last planned action
+    expected = np.zeros(2) if safe_action == 'zero' else before
+    assert np.abs(before).sum() > 0, 'the planner itself sent zeros: the test would prove nothing'
+    for action in stale:
+        np.testing.assert_allclose(action, expected)
+
+
+def test_invalid_parameter_updates_are_rejected_over_the_service(setup) -> None:
+    node, h = setup()
+    client = h.node.create_client(SetParameters, '/lewm_planner/set_parameters')
+    assert client.wait_for_service(timeout_sec=5.0)
+
+    def set_params(**values) -> list:
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
+        future = client.call_async(request)
+        assert wait_for(future.done, 5.0)
+        return future.result().results
+
+    cases = {'elites': 1000, 'samples': 1, 'safe_action': 'brake', 'action_low': [0.0],
+             'stale_timeout': -1.0, 'device': 'cuda', 'control_rate_hz': 50.0}
+    for name, value in cases.items():
+        (result,) = set_params(**{name: value})
+        assert not result.successful, f'{name}={value!r} was accepted'
+        assert result.reason, f'no reason given for rejecting {name}'
+    (ok,) = set_params(samples=32, elites=8)[:1]
+    assert ok.successful
+    h.goal.publish(image(h.rng))
+    h.stream_frames()
+    try:
+        assert wait_for(lambda: node.mpc.planner.config.samples == 32 and len(h.actions) >= 3, 10.0)
+    finally:
+        h.stop_stream()
+
+
+def test_unloadable_checkpoint_exits_non_zero_with_a_clear_message(tmp_path: Path, checkpoint: Path) -> None:
+    corrupt = tmp_path / 'corrupt'
+    corrupt.mkdir()
+    for f in checkpoint.iterdir():
+        (corrupt / f.name).write_bytes(f.read_bytes())
+    weights = next(corrupt.glob('*.safetensors'))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    cases = {tmp_path / 'missing': 'missing', corrupt: str(weights.name), None: "'checkpoint' is empty"}
+    for path, expected in cases.items():
+        ros_args = [] if path is None else ['--ros-args', '-p', f'checkpoint:={path}']
+        result = subprocess.run([sys.executable, '-m', 'lewm_ros.nodes.planner_node', *ros_args],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0, f'planner_node started with checkpoint {path!r}'
+        output = result.stdout + result.stderr
+        assert 'cannot start' in output and expected in output, output
+
+
+def test_help_needs_no_ros_graph() -> None:
+    result = subprocess.run([sys.executable, '-m', 'lewm_ros.nodes.planner_node', '--help'],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and 'stale_timeout' in result.stdout
+
+

@@ -1,0 +1,64 @@
+"""The ``lewm`` command: one entry point for the offline work (collect, train, evaluate, benchmark).
+
+Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their subcommand is used, so ``lewm bench`` needs nothing beyond
+torch, numpy and pyyaml, and ``lewm --help`` starts instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Order is the order shown in `lewm --help`.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    'collect': ('training.collect', 'collect pixel+action episodes from a MuJoCo task into HDF5'),
+    'view': ('training.view', 'render a task episode to a GIF/PNG contact sheet to look at'),
+    'train': ('training.train', 'train a LeWM world model from an HDF5 episode file'),
+    'info': ('training.info', 'print what a checkpoint holds'),
+    'calibrate': ('training.calibrate', 'calibrate the surprise threshold on normal episodes'),
+    'eval': ('training.evaluate', 'closed-loop planning success on a MuJoCo task'),
+    'eval-surprise': ('training.eval_surprise', 'surprise AUROC for teleport / recolour events'),
+    'bench': ('training.bench', 'benchmark training and planning speed (JSON output)'),
+    'demo': ('training.demo', 'sim-in-the-loop demo over real ROS 2 topics'),
+}
+
+
+def _available(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """Build the parser; only the subcommand named in ``argv`` is imported."""
+    parser = argparse.ArgumentParser(
+        prog='lewm',
+        description='LeWorldModel offline tools: data, training, evaluation, benchmarks.',
+    )
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    chosen = next((a for a in argv if not a.startswith('-')), None)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        if not _available(module):
+            continue
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(sp)
+            sp.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``lewm``; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if not hasattr(args, '_module'):  # options before the subcommand; re-parse is not worth it
+        parser.error('put options after the subcommand, e.g. `lewm train --help`')
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
