@@ -72,6 +72,7 @@ mkdir -p "$share" "$venv/share/ament_index/resource_index/packages"
 ln -sfn "$repo/package.xml" "$share/package.xml"
 ln -sfn "$repo/launch" "$share/launch"
 ln -sfn "$repo/config" "$share/config"
+ln -sfn "$repo/models" "$share/models"
 ln -sfn "$repo/resource/lewm_ros" "$venv/share/ament_index/resource_index/packages/lewm_ros"
 
 "$venv/bin/python" -c 'import rclpy, torch, mujoco, h5py, lewm_ros, training' \

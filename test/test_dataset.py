@@ -12,12 +12,16 @@ from training.squares import write_squares_file
 
 @pytest.fixture
 def squares(tmp_path):
-    return write_squares_file(tmp_path / 'squares.h5', episodes=10, length=40, nan_action_episodes=2, short_episodes=1)
+    return write_squares_file(
+        tmp_path / 'squares.h5', episodes=10, length=40, nan_action_episodes=2, short_episodes=1
+    )
 
 
 @pytest.mark.parametrize('cache', [True, False])
 def test_clip_frames_and_actions_follow_the_format(squares, cache):
-    data = load_clip_data(squares, history=3, frameskip=None, image_size=32, val_fraction=0.2, cache_in_memory=cache)
+    data = load_clip_data(
+        squares, history=3, frameskip=None, image_size=32, val_fraction=0.2, cache_in_memory=cache
+    )
     assert data.frameskip == 2 and data.action_dim == 2  # frameskip from the file's attribute
     with EpisodeFile(squares) as f:
         pixels, actions = f.column('pixels')[:], f.column('actions')[:]
@@ -25,7 +29,9 @@ def test_clip_frames_and_actions_follow_the_format(squares, cache):
         item = data.train[index]
         start = int(data.train.starts[index])
         assert item['pixels'].dtype == torch.uint8 and item['pixels'].shape == (4, 32, 32, 3)
-        np.testing.assert_array_equal(item['pixels'].numpy(), pixels[[start, start + 2, start + 4, start + 6]])
+        np.testing.assert_array_equal(
+            item['pixels'].numpy(), pixels[[start, start + 2, start + 4, start + 6]]
+        )
         expected = ((actions[start : start + 6] - data.stats.mean) / data.stats.std).reshape(3, 4)
         np.testing.assert_allclose(item['actions'].numpy(), expected, rtol=1e-6)
         # a clip never leaves its episode
@@ -51,7 +57,9 @@ def test_statistics_come_from_the_training_split_only(squares):
     data = load_clip_data(squares, history=3, frameskip=2, image_size=32, val_fraction=0.3, seed=1)
     assert not set(data.train_episodes) & set(data.val_episodes)
     with EpisodeFile(squares) as f:
-        rows = np.concatenate([np.arange(f.offsets[e], f.offsets[e] + f.lengths[e]) for e in data.train_episodes])
+        rows = np.concatenate(
+            [np.arange(f.offsets[e], f.offsets[e] + f.lengths[e]) for e in data.train_episodes]
+        )
         train_actions = f.column('actions')[:][rows]
     train_actions = train_actions[np.isfinite(train_actions).all(axis=1)]
     np.testing.assert_allclose(data.stats.mean, train_actions.mean(axis=0), rtol=1e-5)
@@ -65,7 +73,9 @@ def test_statistics_come_from_the_training_split_only(squares):
 def test_frames_are_resized_to_the_model_size(tmp_path):
     path = write_squares_file(tmp_path / 'big.h5', episodes=3, length=12, image_size=48)
     for cache in (True, False):
-        data = load_clip_data(path, history=2, frameskip=1, image_size=32, val_fraction=0, cache_in_memory=cache)
+        data = load_clip_data(
+            path, history=2, frameskip=1, image_size=32, val_fraction=0, cache_in_memory=cache
+        )
         assert data.val is None and data.train[0]['pixels'].shape == (3, 32, 32, 3)
 
 

@@ -183,3 +183,19 @@ def test_invalid_config_is_reported():
         ModelConfig.from_dict({'image_sise': 64})
     with pytest.raises(FileNotFoundError, match='available'):
         ModelConfig.from_preset('no-such-preset')
+
+
+@pytest.mark.parametrize('masking', ['none', 'causal', 'prefix'])
+def test_bf16_cpu_attention_matches_sdpa(masking):
+    from lewm_ros.model.attention import attend
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 3, 5, 16, generator=gen)
+    k, v = torch.randn(2, 3, 7, 16, generator=gen), torch.randn(2, 3, 7, 16, generator=gen)
+    mask = torch.ones(5, 7, dtype=torch.bool).tril(2) if masking == 'prefix' else None
+    if masking == 'causal':
+        k, v = k[:, :, :5], v[:, :, :5]
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=masking == 'causal')
+    fast = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=mask, is_causal=masking == 'causal')
+    assert fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), reference, rtol=0.03, atol=0.03)

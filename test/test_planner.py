@@ -8,6 +8,7 @@ import torch
 from test_rollout import random_model
 
 from lewm_ros.planning import BlockHistory, LatentPlanner, PlannerConfig, shift_plan
+from lewm_ros.planning.planner import cpu_has_native_bf16, resolve_dtype
 
 LOW = np.array([-0.2, -1.0], np.float32)
 HIGH = np.array([0.5, 0.3], np.float32)
@@ -148,3 +149,30 @@ def test_block_history_keeps_boundary_frames_and_blocks() -> None:
     assert not hist.at_boundary
     assert [f[0, 0, 0] for f in hist.frames()] == [2, 4, 6]
     np.testing.assert_array_equal(hist.actions()[:, :, 0], [[2, 3], [4, 5]])
+
+
+def test_score_gives_the_cost_the_planner_reports_for_its_plan() -> None:
+    planner = make_planner()
+    frames, actions, goal = scene(2, 3, seed=7)
+    result = planner.plan(frames, actions, goal)
+    scored = planner.score(frames, actions, goal, result.sequence[:, None])
+    torch.testing.assert_close(scored[:, 0], result.cost, rtol=1e-9, atol=1e-12)
+    # a plan of all-zero actions is a different plan, with (here) a higher cost than the optimised one
+    zeros = torch.zeros_like(result.sequence)[:, None]
+    assert bool((planner.score(frames, actions, goal, zeros)[:, 0] > result.cost).all())
+
+
+def test_naive_and_cached_rollouts_give_the_same_plan() -> None:
+    model = planner_model()
+    frames, actions, goal = scene(2, 2, seed=3)
+    cached = make_planner(model, rollout='cached').plan(frames, actions, goal)
+    naive = make_planner(model, rollout='naive').plan(frames, actions, goal)
+    torch.testing.assert_close(cached.sequence, naive.sequence, atol=1e-9, rtol=0)
+    torch.testing.assert_close(cached.cost, naive.cost, atol=1e-12, rtol=1e-9)
+
+
+def test_rollout_dtype_auto_takes_bf16_only_where_it_is_native() -> None:
+    cpu = torch.device('cpu')
+    assert resolve_dtype('float32', cpu) == torch.float32 and resolve_dtype('bfloat16', cpu) == torch.bfloat16
+    assert resolve_dtype('auto', cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert make_planner(dtype='float64').rollout_dtype == torch.float64

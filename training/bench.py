@@ -12,6 +12,7 @@ import importlib
 # sub-command -> (module with add_arguments/run, help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     'train': ('training.bench_train', 'training-step throughput (clips/s) on synthetic batches'),
+    'plan': ('training.bench_plan', 'planning time per plan (ms) of the latent planner'),
 }
 
 

@@ -11,7 +11,9 @@ import time
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the training benchmark."""
-    parser.add_argument('--preset', default='paper', help='training preset name or YAML path (default: paper)')
+    parser.add_argument(
+        '--preset', default='paper', help='training preset name or YAML path (default: paper)'
+    )
     parser.add_argument('--batch', type=int, default=8, help='clips per step (default: 8)')
     parser.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N, mps or auto (default: cpu)')
     parser.add_argument(
@@ -20,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--steps', type=int, default=10, help='timed steps (default: 10)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps first (default: 3)')
     parser.add_argument('--action-dim', type=int, default=2, help='action dimension of the synthetic data')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all usable cores)')
+    parser.add_argument(
+        '--threads', type=int, default=None, help='torch CPU threads (default: all usable cores)'
+    )
     parser.add_argument('--compile', action='store_true', help='torch.compile the model first')
     parser.add_argument('--json', action='store_true', help='print one JSON object instead of a text line')
 
@@ -54,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if args.compile:
         model = torch.compile(model)
     sigreg = SIGReg(int(loss_cfg.get('num_projections', 1024)), int(loss_cfg.get('knots', 17)))
-    optimizer = make_optimizer(model, float(optim_cfg.get('lr', 5e-5)), float(optim_cfg.get('weight_decay', 1e-3)))
+    optimizer = make_optimizer(
+        model, float(optim_cfg.get('lr', 5e-5)), float(optim_cfg.get('weight_decay', 1e-3))
+    )
     gen = torch.Generator().manual_seed(0)
     T, S = cfg.history + 1, cfg.image_size
     pixels = torch.randint(0, 256, (args.batch, T, S, S, 3), dtype=torch.uint8, generator=gen).to(device)

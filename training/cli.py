@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Planning, evaluation and the demo run torch next to other busy threads (DDS, MuJoCo, a second
+# job on a small machine): OpenMP workers that spin while waiting made them 10-100x slower.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 # name -> (module, one-line help). Order is the order shown in `lewm --help`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

@@ -133,10 +133,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit('--episodes and --workers must be at least 1')
     if args.noise < 0:
         raise SystemExit(f'--noise must be >= 0, got {args.noise}')
+    if args.steps is not None and args.steps < 1:
+        raise SystemExit(f'--steps must be at least 1, got {args.steps}')
     out = Path(args.out)
     _check_output(out, args.resume, args.overwrite)
 
-    env = make_env(args.env, img_size=args.img_size)  # for metadata; also the renderer when --workers 1
+    try:
+        env = make_env(args.env, img_size=args.img_size)  # for metadata; also the renderer when --workers 1
+    except ValueError as err:
+        raise SystemExit(f'--img-size: {err}') from err
     steps = int(args.steps or env.max_episode_steps)
     if args.perturb and not 1 <= args.perturb_step <= steps:
         raise SystemExit(f'--perturb-step must be in [1, {steps}] (the episode length), '

@@ -64,7 +64,9 @@ def _bound(value: Any, action_dim: int, path: Path, key: str) -> np.ndarray | No
         return None
     bound = np.asarray(value, np.float32).reshape(-1)
     if len(bound) != action_dim:
-        raise EpisodeFormatError(f'{path}: attribute {key} has {len(bound)} values for {action_dim} action dims')
+        raise EpisodeFormatError(
+            f'{path}: attribute {key} has {len(bound)} values for {action_dim} action dims'
+        )
     return bound
 
 
@@ -105,7 +107,11 @@ def action_statistics(
     actions: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, episodes: np.ndarray, report: DropReport
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std per action dimension over the finite actions of ``episodes``."""
-    rows = np.concatenate([np.arange(offsets[e], offsets[e] + lengths[e]) for e in episodes]) if len(episodes) else []
+    rows = (
+        np.concatenate([np.arange(offsets[e], offsets[e] + lengths[e]) for e in episodes])
+        if len(episodes)
+        else []
+    )
     values = actions[np.asarray(rows, dtype=np.int64)].astype(np.float64)
     values = values[np.isfinite(values).all(axis=1)]
     if len(values) == 0:
@@ -188,7 +194,10 @@ class ClipDataset(Dataset):
         frames = self.pixels.read(start + self._frame_steps)
         span = self.history * self.frameskip
         actions = self.actions_norm[start : start + span].reshape(self.history, -1)
-        return {'pixels': torch.from_numpy(np.ascontiguousarray(frames)), 'actions': torch.from_numpy(actions)}
+        return {
+            'pixels': torch.from_numpy(np.ascontiguousarray(frames)),
+            'actions': torch.from_numpy(actions),
+        }
 
 
 @dataclass

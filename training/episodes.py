@@ -85,7 +85,8 @@ class EpisodeWriter:
 
     def _check_resumable(self, size: int, action_dim: int) -> None:
         f = self._file
-        if f.attrs.get('format') != FORMAT or f['pixels'].shape[1] != size or f['actions'].shape[1] != action_dim:
+        same = f['pixels'].shape[1] == size and f['actions'].shape[1] == action_dim
+        if f.attrs.get('format') != FORMAT or not same:
             raise EpisodeFormatError(
                 f'{self._partial} cannot be resumed: it was written with other settings '
                 f'(image size {f["pixels"].shape[1]}, action dim {f["actions"].shape[1]}); delete it or '

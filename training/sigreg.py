@@ -90,6 +90,27 @@ def random_directions(
     return (a / a.norm(dim=0, keepdim=True)).to(device)
 
 
+class AllReduceSum(torch.autograd.Function):
+    """Sum a tensor over all ranks; the backward sums the incoming gradients over ranks too.
+
+    Every rank computes the same loss from the summed tensor, so the gradient reaching rank r's
+    input is the sum of all ranks' (identical) upstream gradients: world_size times the true one,
+    which DDP's gradient averaging divides back out.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        out = tensor.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
 def _distributed() -> bool:
     return (
         torch.distributed.is_available()
@@ -108,7 +129,12 @@ class SIGReg(nn.Module):
     """
 
     def __init__(
-        self, num_projections: int = 1024, knots: int = 17, t_max: float = 3.0, seed: int = 0, sync: bool = True
+        self,
+        num_projections: int = 1024,
+        knots: int = 17,
+        t_max: float = 3.0,
+        seed: int = 0,
+        sync: bool = True,
     ) -> None:
         super().__init__()
         self.sync = sync
@@ -132,12 +158,9 @@ class SIGReg(nn.Module):
             cos_sum, sin_sum = characteristic_sums(z @ directions, t)
             n = torch.tensor(float(z.shape[-2]), device=z.device)
             if self.sync and _distributed():
-                import torch.distributed as dist
-                import torch.distributed.nn.functional as dist_fn
-
-                sums = dist_fn.all_reduce(torch.stack([cos_sum, sin_sum]))
+                sums = AllReduceSum.apply(torch.stack([cos_sum, sin_sum]))
                 cos_sum, sin_sum = sums[0], sums[1]
-                dist.all_reduce(n)
+                torch.distributed.all_reduce(n)
             return statistic_from_sums(cos_sum, sin_sum, n, t, weights).mean()
 
 

@@ -1,8 +1,9 @@
 """A procedurally generated moving-square task written as a real episode file.
 
-A coloured square moves on a plain background; the 2-D action is its velocity. It needs no
-simulator, so tests, smoke runs and benchmarks can train on real HDF5 files in seconds, and a
-model must use the actions to predict where the square goes.
+A coloured square moves on a plain background; the 2-D action is its velocity. A second, smaller
+square drifts on its own at constant velocity and bounces off the borders. No simulator is
+needed, so tests, smoke runs and benchmarks can train on real HDF5 files in seconds; a model must
+use the actions to predict where the first square goes and the history for the second.
 """
 
 from __future__ import annotations
@@ -16,26 +17,35 @@ from training.episodes import EpisodeWriter
 SPEED = 0.06  # fraction of the image per step at |action| = 1
 
 
-def render_square(position: np.ndarray, size: int, colour: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """One uint8 frame (size, size, 3) with a square of side size/5 centred at ``position`` in [0, 1]²."""
-    frame = np.empty((size, size, 3), np.uint8)
-    frame[:] = background
-    half = max(1, size // 10)
+def draw_square(frame: np.ndarray, position: np.ndarray, half: int, colour: np.ndarray) -> None:
+    """Paint a square of side 2·half + 1 centred at ``position`` in [0, 1]² into ``frame``."""
+    size = frame.shape[0]
     cx, cy = (position * (size - 1)).round().astype(int)
     frame[max(0, cy - half) : cy + half + 1, max(0, cx - half) : cx + half + 1] = colour
-    return frame
 
 
-def squares_episode(rng: np.random.Generator, length: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def squares_episode(
+    rng: np.random.Generator, length: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pixels (L, S, S, 3), actions (L - 1, 2), state (L, 2)) of one episode with smooth random actions."""
     position = rng.uniform(0.15, 0.85, 2)
     colour = rng.integers(120, 256, 3).astype(np.uint8)
     background = rng.integers(0, 60, 3).astype(np.uint8)
+    drifter, drift = rng.uniform(0.1, 0.9, 2), rng.uniform(-0.05, 0.05, 2)
+    drifter_colour = rng.integers(60, 200, 3).astype(np.uint8)
     action = rng.uniform(-1, 1, 2)
     frames, actions, states = [], [], []
     for t in range(length):
-        frames.append(render_square(position, size, colour, background))
+        frame = np.empty((size, size, 3), np.uint8)
+        frame[:] = background
+        draw_square(frame, drifter, max(1, size // 16), drifter_colour)
+        draw_square(frame, position, max(1, size // 10), colour)
+        frames.append(frame)
         states.append(position.copy())
+        drifter = drifter + drift
+        bounced = (drifter < 0) | (drifter > 1)
+        drift[bounced] *= -1
+        drifter = np.clip(drifter, 0.0, 1.0)
         if t == length - 1:
             break
         action = np.clip(0.7 * action + 0.6 * rng.normal(size=2), -1.0, 1.0)

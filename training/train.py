@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='override a config value, e.g. --set optim.lr=3e-4 (value parsed as YAML); repeatable',
     )
     parser.add_argument('--data', help='episode file (HDF5); shortcut for --set data.path=FILE')
-    parser.add_argument('--out', help='run directory (default runs/<config name>); shortcut for train.out_dir')
+    parser.add_argument(
+        '--out', help='run directory (default runs/<config name>); shortcut for train.out_dir'
+    )
     parser.add_argument('--device', help='auto, cpu, cuda, cuda:N or mps; shortcut for train.device')
     parser.add_argument(
         '--resume',
@@ -70,6 +72,6 @@ def run(args: argparse.Namespace) -> int:
             resume = out_dir / 'last' if args.resume == 'auto' else Path(args.resume)
             read_metadata(resume)  # fail early with a clear message
         return 0 if Trainer(config, resume=resume).run() else 1
-    except (ValueError, FileNotFoundError, CheckpointError) as err:
+    except (ValueError, FileNotFoundError, CheckpointError, FloatingPointError) as err:
         print(f'lewm train: error: {err}')
         return 2

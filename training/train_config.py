@@ -40,8 +40,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         'precision': 'auto',
         'log_every': 50,
         'ckpt_every': 1000,
+        'keep_checkpoints': False,
         'val_every': None,
         'val_batches': 50,
+        'bn_batches': 20,
         'out_dir': None,
         'seed': 0,
         'device': 'auto',
@@ -93,7 +95,7 @@ def complete(config: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f'unknown key(s) {unknown} in section {section!r}; known: {sorted(defaults)}')
         out[section] = {**defaults, **given}
     if out['train']['precision'] not in ('auto', 'bf16', 'fp32'):
-        raise ValueError(f"train.precision must be auto, bf16 or fp32, got {out['train']['precision']!r}")
+        raise ValueError(f'train.precision must be auto, bf16 or fp32, got {out["train"]["precision"]!r}')
     if int(out['data']['batch_size']) < 2:
         raise ValueError('data.batch_size must be >= 2 (BatchNorm and SIGReg need a batch)')
     return out

@@ -34,7 +34,9 @@ def save_train_state(directory: Path, optimizer: torch.optim.Optimizer, counters
             else:
                 scalars.setdefault(str(index), {})[key] = value
     safetensors_io.save_file(tensors, directory / STATE_TENSORS)
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state['param_groups']]
+    groups = [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state['param_groups']
+    ]
     doc = {'counters': counters, 'optimizer': {'param_groups': groups, 'scalars': scalars}}
     (directory / STATE_JSON).write_text(json.dumps(doc, indent=2) + '\n', encoding='utf-8')
 

@@ -21,6 +21,7 @@ from torch import nn
 from lewm_ros.checkpoint import CheckpointError, build_metadata, read_metadata, save_checkpoint
 from lewm_ros.device import resolve_device
 from lewm_ros.model import LeWM, ModelConfig
+from training.batchnorm import recalibrate_batchnorm
 from training.dataset import ClipData, load_clip_data
 from training.objective import clip_loss, make_optimizer, training_step
 from training.precision import autocast, resolve_precision
@@ -46,7 +47,11 @@ class DistInfo:
 
 def dist_info() -> DistInfo:
     """Read torchrun's environment variables."""
-    return DistInfo(int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)))
+    return DistInfo(
+        int(os.environ.get('RANK', 0)),
+        int(os.environ.get('LOCAL_RANK', 0)),
+        int(os.environ.get('WORLD_SIZE', 1)),
+    )
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -65,7 +70,7 @@ class EpochBatches(torch.utils.data.Sampler):
         self.epoch, self.start = epoch, start_batch
 
     def __len__(self) -> int:
-        return (self.size // self.world) // self.batch_size - self.start
+        return max(0, (self.size // self.world) // self.batch_size - self.start)
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -180,7 +185,9 @@ class Trainer:
         )
         batch = int(data['batch_size'])
         if batch % self.dist.world:
-            raise ValueError(f'data.batch_size {batch} must be divisible by the number of processes {self.dist.world}')
+            raise ValueError(
+                f'data.batch_size {batch} must be divisible by the number of processes {self.dist.world}'
+            )
         self.rank_batch = batch // self.dist.world
         self.steps_per_epoch = len(self.data.train) // batch
         if self.steps_per_epoch == 0:
@@ -191,7 +198,9 @@ class Trainer:
 
     def _model_config(self) -> ModelConfig:
         values = dict(self.config['model'])
-        values.update(history=self.data.history, frameskip=self.data.frameskip, action_dim=self.data.action_dim)
+        values.update(
+            history=self.data.history, frameskip=self.data.frameskip, action_dim=self.data.action_dim
+        )
         return ModelConfig.from_dict(values)
 
     def _setup_model(self) -> None:
@@ -210,13 +219,24 @@ class Trainer:
         if self.config['train']['compile']:
             self.net = torch.compile(self.net)
         loss = self.config['loss']
-        self.sigreg = SIGReg(int(loss['num_projections']), int(loss['knots']), float(loss['t_max']), seed=int(self.config['train']['seed']))
+        self.sigreg = SIGReg(
+            int(loss['num_projections']),
+            int(loss['knots']),
+            float(loss['t_max']),
+            seed=int(self.config['train']['seed']),
+        )
         # validation runs on rank 0 alone: its SIGReg must not wait for the other ranks
         self.val_sigreg = SIGReg(
-            int(loss['num_projections']), int(loss['knots']), float(loss['t_max']), seed=VAL_SIGREG_SEED, sync=False
+            int(loss['num_projections']),
+            int(loss['knots']),
+            float(loss['t_max']),
+            seed=VAL_SIGREG_SEED,
+            sync=False,
         )
         optim = self.config['optim']
-        self.optimizer = make_optimizer(self.model, float(optim['lr']), float(optim['weight_decay']), optim['betas'])
+        self.optimizer = make_optimizer(
+            self.model, float(optim['lr']), float(optim['weight_decay']), optim['betas']
+        )
         self.base_lrs = [g['lr'] for g in self.optimizer.param_groups]
 
     def _load_resume_weights(self, cfg: ModelConfig) -> None:
@@ -225,8 +245,15 @@ class Trainer:
 
         meta = read_metadata(self.resume)
         if meta['model_config'] != cfg.to_dict():
-            diff = {k: (v, meta['model_config'].get(k)) for k, v in cfg.to_dict().items() if meta['model_config'].get(k) != v}
-            raise CheckpointError(f'cannot resume from {self.resume}: its model differs from this config ({diff} as (config, checkpoint))')
+            diff = {
+                k: (v, meta['model_config'].get(k))
+                for k, v in cfg.to_dict().items()
+                if meta['model_config'].get(k) != v
+            }
+            raise CheckpointError(
+                f'cannot resume from {self.resume}: its model differs from this config '
+                f'({diff} as (config, checkpoint))'
+            )
         state = safetensors_io.load_file(Path(self.resume) / WEIGHTS_FILE)
         self.model.load_state_dict(state)
 
@@ -240,6 +267,18 @@ class Trainer:
             return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
 
+    def recalibrate(self, step: int) -> None:
+        """Fresh BatchNorm statistics for the weights of ``step`` (once per step; rank 0 only)."""
+        if self._recalibrated_at == step:
+            return
+        count = int(self.config['train']['bn_batches'])
+        sampler = EpochBatches(len(self.data.train), self.rank_batch, int(self.config['train']['seed']) + 1)
+        loader = torch.utils.data.DataLoader(self.data.train, batch_sampler=sampler)
+        batches = (b for i, b in zip(range(count), loader, strict=False))
+        if count > 0:
+            recalibrate_batchnorm(self.model, batches, self.device)
+        self._recalibrated_at = step
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Validation loss, SIGReg (fixed directions) and effective rank of the embeddings."""
@@ -247,7 +286,7 @@ class Trainer:
             return {}
         self.model.eval()
         lam = float(self.config['loss']['sigreg_lambda'])
-        sums = {'pred': 0.0, 'sigreg': 0.0}
+        sums = {'pred': 0.0, 'sigreg': 0.0, 'copy': 0.0}
         batches, embeddings = 0, []
         max_batches = int(self.config['train']['val_batches'])
         for i, batch in enumerate(self.val_loader):
@@ -260,6 +299,8 @@ class Trainer:
                 terms = clip_loss(self.model, self.val_sigreg, pixels, actions, lam, step=0)
             sums['pred'] += terms.pred.item()
             sums['sigreg'] += terms.sigreg.item()
+            z = terms.z.float()
+            sums['copy'] += torch.nn.functional.mse_loss(z[:, :-1], z[:, 1:]).item()
             embeddings.append(terms.z.float().reshape(-1, terms.z.shape[-1]).cpu())
             batches += 1
         self.model.train()
@@ -271,6 +312,8 @@ class Trainer:
             'val/loss': pred + lam * sig,
             'val/pred': pred,
             'val/sigreg': sig,
+            # predicting "nothing changes" (z_{t+1} = z_t): a useful predictor beats this clearly
+            'val/pred_copy_baseline': sums['copy'] / batches,
             'val/effective_rank': effective_rank(z),
             'val/embedding_std': float(z.std(dim=0).mean()),
         }
@@ -300,6 +343,7 @@ class Trainer:
 
     def save(self, name: str, step: int, counters: dict[str, Any] | None, elapsed: float) -> Path:
         """Write checkpoint ``out_dir/name`` (with resume state when ``counters`` is given)."""
+        self.recalibrate(step)
         epoch = step / self.steps_per_epoch
         meta = build_metadata(
             self.model,
@@ -332,15 +376,18 @@ class Trainer:
         import matplotlib.pyplot as plt
 
         steps = [h['step'] for h in self.val_history]
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-        for ax, key, title in zip(
-            axes,
-            ('val/effective_rank', 'val/sigreg', 'val/pred'),
-            (f'effective rank (max {self.model.config.embed_dim})', 'SIGReg (validation)', 'prediction MSE (validation)'),
-            strict=True,
-        ):
-            ax.plot(steps, [h[key] for h in self.val_history], marker='o')
-            ax.set_title(title)
+        fig, (rank_ax, sigreg_ax, pred_ax) = plt.subplots(1, 3, figsize=(12, 3.2))
+        rank_ax.plot(steps, [h['val/effective_rank'] for h in self.val_history], marker='o')
+        rank_ax.set_title(f'effective rank (of {self.model.config.embed_dim} dims)')
+        sigreg_ax.plot(steps, [h['val/sigreg'] for h in self.val_history], marker='o')
+        sigreg_ax.set_title('SIGReg (validation; ~1 = Gaussian)')
+        pred_ax.plot(steps, [h['val/pred'] for h in self.val_history], marker='o', label='predictor')
+        pred_ax.plot(
+            steps, [h['val/pred_copy_baseline'] for h in self.val_history], ls='--', label='copy last frame'
+        )
+        pred_ax.set_title('next-embedding MSE (validation)')
+        pred_ax.legend()
+        for ax in (rank_ax, sigreg_ax, pred_ax):
             ax.set_xlabel('step')
             ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -350,10 +397,12 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> Path:
         """Train; returns the final checkpoint directory (``out_dir/final``)."""
+        threads = torch.get_num_threads()
         self._setup_device()
         try:
             return self._run()
         finally:
+            torch.set_num_threads(threads)  # process-wide setting: leave it as found
             if self.dist.world > 1:
                 import torch.distributed as dist
 
@@ -368,11 +417,18 @@ class Trainer:
         cfg, train, optim = self.config, self.config['train'], self.config['optim']
         main = self.dist.main
         total = int(optim['max_steps']) if optim['max_steps'] else int(optim['epochs']) * self.steps_per_epoch
-        sampler = EpochBatches(len(self.data.train), self.rank_batch, int(train['seed']), self.dist.rank, self.dist.world)
+        sampler = EpochBatches(
+            len(self.data.train), self.rank_batch, int(train['seed']), self.dist.rank, self.dist.world
+        )
         loader = self._loader(self.data.train, sampler=sampler)
-        self.val_loader = self._loader(self.data.val, batch_size=min(256, int(cfg['data']['batch_size']))) if self.data.val else None
+        self.val_loader = (
+            self._loader(self.data.val, batch_size=min(256, int(cfg['data']['batch_size'])))
+            if self.data.val
+            else None
+        )
         step, epoch, batch_in_epoch, elapsed_before = 0, 0, 0, 0.0
         self.val_history: list[dict[str, float]] = []
+        self._recalibrated_at = -1
         if self.resume is not None:
             counters = load_train_state(Path(self.resume), self.optimizer)
             step, epoch, batch_in_epoch = counters['step'], counters['epoch'], counters['batch_in_epoch']
@@ -389,8 +445,9 @@ class Trainer:
             print(f'data: {self.data.report.summary()}')
             print(
                 f'model: {self.model.num_parameters() / 1e6:.2f} M parameters, {self.data.image_size} px, '
-                f'history {self.data.history}, frameskip {self.data.frameskip}, action dim {self.data.action_dim}; '
-                f'{len(self.data.train)} train clips, {0 if self.data.val is None else len(self.data.val)} val clips; '
+                f'history {self.data.history}, frameskip {self.data.frameskip}, '
+                f'action dim {self.data.action_dim}; {len(self.data.train)} train clips, '
+                f'{0 if self.data.val is None else len(self.data.val)} val clips; '
                 f'{self.steps_per_epoch} steps/epoch, {total} steps on {self.device} ({self.precision}, '
                 f'{self.dist.world} process{"es" if self.dist.world > 1 else ""}) -> {self.out_dir}'
             )
@@ -398,7 +455,13 @@ class Trainer:
         log_every, ckpt_every = int(train['log_every']), int(train['ckpt_every'] or 0)
         val_every = int(train['val_every'] or 0)
         batch = int(cfg['data']['batch_size'])
-        bar = tqdm(total=total, initial=step, unit='step', dynamic_ncols=True, disable=not (main and train['progress']))
+        bar = tqdm(
+            total=total,
+            initial=step,
+            unit='step',
+            dynamic_ncols=True,
+            disable=not (main and train['progress']),
+        )
         start_time = time.perf_counter()
         window = {'loss': 0.0, 'pred': 0.0, 'sigreg': 0.0, 'n': 0, 't': time.perf_counter()}
 
@@ -419,10 +482,13 @@ class Trainer:
             self._plot_health()
             tqdm.write(
                 f'step {step} (epoch {step / self.steps_per_epoch:.2f}): val loss {values["val/loss"]:.4f} '
-                f'pred {values["val/pred"]:.4f} sigreg {values["val/sigreg"]:.3f} '
+                f'pred {values["val/pred"]:.4f} (copy-last {values["val/pred_copy_baseline"]:.4f}) '
+                f'sigreg {values["val/sigreg"]:.3f} '
                 f'effective rank {values["val/effective_rank"]:.1f}/{self.model.config.embed_dim}'
             )
 
+        if step == 0:
+            self._validate_on_main(end_of_validation, step)  # the starting point of the health curves
         while step < total:
             sampler.set_epoch(epoch, batch_in_epoch)
             for data_batch in loader:
@@ -437,51 +503,57 @@ class Trainer:
                 )  # fmt: skip
                 step += 1
                 batch_in_epoch += 1
-                window['loss'] += terms.loss.item()
-                window['pred'] += terms.pred.item()
-                window['sigreg'] += terms.sigreg.item()
+                # sums stay on the device between log steps: no host sync per step on a GPU
+                window['loss'] += terms.loss
+                window['pred'] += terms.pred
+                window['sigreg'] += terms.sigreg
                 window['n'] += 1
-                if not math.isfinite(window['loss']):
-                    raise FloatingPointError(
-                        f'loss became {terms.loss.item()} at step {step}; lower optim.lr or check the data'
-                    )
-                if main and (step % log_every == 0 or step == total):
-                    now = time.perf_counter()
+                if step % log_every == 0 or step == total:
                     n = window['n']
+                    means = {k: float(window[k]) / n for k in ('loss', 'pred', 'sigreg')}
+                    if not math.isfinite(means['loss']):
+                        raise FloatingPointError(
+                            f'the loss became {means["loss"]} before step {step}; '
+                            'lower optim.lr or check the data'
+                        )
+                    now = time.perf_counter()
                     rate = n * batch / (now - window['t'])
-                    values = {
-                        'train/loss': window['loss'] / n,
-                        'train/pred': window['pred'] / n,
-                        'train/sigreg': window['sigreg'] / n,
-                        'train/lr': self.optimizer.param_groups[0]['lr'],
-                        'train/grad_norm': float(grad_norm),
-                        'train/clips_per_s': rate,
-                        'train/effective_rank': effective_rank(terms.z),
-                    }
-                    self._log(values, step)
-                    bar.set_postfix(
-                        loss=f'{values["train/loss"]:.4f}',
-                        pred=f'{values["train/pred"]:.4f}',
-                        sigreg=f'{values["train/sigreg"]:.3f}',
-                        clips_s=f'{rate:.1f}',
-                    )
+                    if main:
+                        values = {
+                            'train/loss': means['loss'],
+                            'train/pred': means['pred'],
+                            'train/sigreg': means['sigreg'],
+                            'train/lr': self.optimizer.param_groups[0]['lr'],
+                            'train/grad_norm': float(grad_norm),
+                            'train/clips_per_s': rate,
+                            'train/effective_rank': effective_rank(terms.z),
+                        }
+                        self._log(values, step)
+                        bar.set_postfix(
+                            loss=f'{means["loss"]:.4f}',
+                            pred=f'{means["pred"]:.4f}',
+                            sigreg=f'{means["sigreg"]:.3f}',
+                            clips_s=f'{rate:.1f}',
+                        )
                     window = {'loss': 0.0, 'pred': 0.0, 'sigreg': 0.0, 'n': 0, 't': now}
                 bar.update(1)
                 if val_every and step % val_every == 0 and step < total:
-                    self._validate_on_main(end_of_validation)
+                    self._validate_on_main(end_of_validation, step)
                 if ckpt_every and step % ckpt_every == 0 and step < total and main:
                     self.save('last', step, counters(), counters()['elapsed'])
+                    if train['keep_checkpoints']:
+                        self.save(f'step-{step:08d}', step, counters(), counters()['elapsed'])
                 if step >= total:
                     break
             else:
                 epoch += 1
                 batch_in_epoch = 0
                 if not val_every and step < total:
-                    self._validate_on_main(end_of_validation)
+                    self._validate_on_main(end_of_validation, step)
                 continue
             break
         bar.close()
-        self._validate_on_main(end_of_validation)
+        self._validate_on_main(end_of_validation, step)
         final = self.out_dir / 'final'
         if main:
             elapsed = counters()['elapsed']
@@ -491,12 +563,12 @@ class Trainer:
             print(f'final checkpoint: {final}')
         return final
 
-    def _validate_on_main(self, callback) -> None:
+    def _validate_on_main(self, callback, step: int) -> None:
         """Run validation on rank 0 only; other ranks wait so no collective is left half-done."""
         if self.dist.main:
+            self.recalibrate(step)
             callback(self.validate())
         if self.dist.world > 1:
             import torch.distributed as dist
 
             dist.barrier()
-

@@ -82,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f'{args.env.split("/")[-1].lower()}.png')
     if out.suffix not in ('.png', '.gif', '.mp4'):
         raise SystemExit(f'--out must end in .png, .gif or .mp4, got {out}')
-    env = make_env(args.env, img_size=args.img_size)
+    try:
+        env = make_env(args.env, img_size=args.img_size)
+    except ValueError as err:
+        raise SystemExit(f'--img-size: {err}') from err
     steps = args.steps or env.max_episode_steps
     every = args.every or (env.frameskip if out.suffix == '.png' else 1)
     options = {'perturb': (args.perturb, args.perturb_step)} if args.perturb else None

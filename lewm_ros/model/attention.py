@@ -9,6 +9,37 @@ from torch import nn
 KeyValue = tuple[torch.Tensor, torch.Tensor]
 
 
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """softmax(q kᵀ / √d + mask) v over (B, heads, N, d) tensors.
+
+    Uses ``F.scaled_dot_product_attention`` except for bf16 on CPU, where two batched matmuls
+    and a softmax run fwd+bwd about 2x faster than torch's CPU flash kernel (measured with
+    ViT-tiny shapes on an AVX512-BF16 CPU); the numbers agree to bf16 rounding.
+    """
+    if q.dtype != torch.bfloat16 or q.device.type != 'cpu':
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal
+        )
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril(
+            k.shape[-2] - q.shape[-2]
+        )
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float('-inf'))
+    weights = scores.softmax(dim=-1)
+    if dropout > 0:
+        weights = F.dropout(weights, dropout)
+    return torch.matmul(weights, v)
+
+
 class Attention(nn.Module):
     """Self-attention: ``dim -> heads * head_dim -> dim``.
 
@@ -53,9 +84,7 @@ class Attention(nn.Module):
             v = torch.cat([pv.to(v.dtype).expand(B, -1, -1, -1), v], dim=2)
         dropout = self.dropout if self.training else 0.0
         is_causal = causal and attn_mask is None and prefix is None
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal
-        )
+        out = attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout=dropout)
         return self.proj(self._merge_heads(out)), (k, v)
 
     def forward_first_query(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +100,7 @@ class Attention(nn.Module):
         k, v = kv.view(B, N, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q = q.view(B, 1, self.heads, self.head_dim).transpose(1, 2)
         dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = attend(q, k, v, dropout=dropout)
         return self.proj(self._merge_heads(out))
 
 

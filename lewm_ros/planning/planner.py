@@ -30,10 +30,31 @@ import torch
 from lewm_ros.device import resolve_device
 from lewm_ros.model import LeWM, resize_pixels
 from lewm_ros.planning.config import PlannerConfig
-from lewm_ros.planning.rollout import CachedRollout
+from lewm_ros.planning.rollout import CachedRollout, NaiveRollout
 from lewm_ros.planning.solver import make_solver
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float64': torch.float64}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512_BF16 or AMX); Linux only."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            flags = next((line for line in f if line.startswith('flags')), '').split()
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The rollout dtype for config value ``name`` on ``device`` (``auto``: bf16 where it is native)."""
+    if name != 'auto':
+        return _DTYPES[name]
+    if device.type == 'cuda':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == 'cpu' and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
 
 
 @dataclass
@@ -126,7 +147,9 @@ class LatentPlanner:
             self.high_norm = model.normalize_actions(self.action_high).to(self.dtype)
         self._action_dtype = next(model.action_encoder.parameters()).dtype
         self.solver = make_solver(self.config)
-        self.rollout = CachedRollout(model.predictor, _DTYPES[self.config.dtype])
+        rollout_cls = CachedRollout if self.config.rollout == 'cached' else NaiveRollout
+        self.rollout_dtype = resolve_dtype(self.config.dtype, self.device)
+        self.rollout = rollout_cls(model.predictor, self.rollout_dtype)
         self._rollout_fn = self._maybe_compile(self.rollout.__call__)
         self._plans: dict[int, torch.Tensor] = {}
         self._generators: dict[int, torch.Generator] = {}
@@ -146,8 +169,9 @@ class LatentPlanner:
             return fn
         if cfg.cuda_graphs and self.device.type != 'cuda':
             raise ValueError('cuda_graphs needs a CUDA device; the planner runs on ' + str(self.device))
-        mode = 'reduce-overhead' if cfg.cuda_graphs else 'max-autotune-no-cudagraphs'
-        return torch.compile(fn, mode=mode, dynamic=False)
+        # default mode: no GEMM autotuning (minutes on a small CPU); CUDA graphs remove the
+        # per-kernel launch cost that dominates a small model on a GPU
+        return torch.compile(fn, mode='reduce-overhead' if cfg.cuda_graphs else None, dynamic=False)
 
     # -- state -----------------------------------------------------------------------------------
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
@@ -217,24 +241,11 @@ class LatentPlanner:
 
         """
         t_start = time.perf_counter()
-        cfg, fs, A = self.config, self.frameskip, self.action_dim
-        pixels = self._pixels(frames, 'frames')
-        if pixels.dim() != 5:
-            raise ValueError(f'frames must be (B, T, H, W, 3), got {tuple(pixels.shape)}')
-        B, T = pixels.shape[:2]
-        acts = self._executed(executed_actions, B, T)
-        if T > self.history:
-            pixels, acts, T = pixels[:, -self.history :], acts[:, -(self.history - 1) :], self.history
-            if self.history == 1:
-                acts = acts[:, :0]
+        cfg = self.config
+        B, goal_z = self._prepare(frames, executed_actions, goal)
         ids = list(range(B)) if env_ids is None else [int(i) for i in env_ids]
         if len(ids) != B or len(set(ids)) != B:
             raise ValueError(f'env_ids must name {B} distinct slots, got {ids}')
-
-        z_obs = self.model.encode(pixels)
-        goal_z = self._goal_embedding(goal, B)
-        obs_emb = self._embed_actions(self.model.normalize_actions(acts.reshape(B, T - 1, fs * A)))
-        self.rollout.prepare(z_obs, obs_emb, cfg.horizon)
         self._sync()
         t_encoded = time.perf_counter()
 
@@ -244,10 +255,7 @@ class LatentPlanner:
 
         def cost_fn(candidates: torch.Tensor) -> torch.Tensor:
             t0 = time.perf_counter()
-            Bc, N = candidates.shape[:2]
-            emb = self._embed_actions(candidates.reshape(Bc, N, cfg.horizon, fs * A))
-            z_final = self._rollout_fn(emb)
-            cost = (z_final.to(self.dtype) - goal_z.unsqueeze(1)).square().sum(-1)
+            cost = self._costs(candidates, goal_z)
             self._sync()
             rollout_time[0] += time.perf_counter() - t0
             return cost
@@ -275,6 +283,49 @@ class LatentPlanner:
             timing=timing,
             receding_horizon=cfg.receding_horizon,
         )
+
+    @torch.no_grad()
+    def score(self, frames: Any, executed_actions: Any | None, goal: Any, sequences: Any) -> torch.Tensor:
+        """Cost (B, K) of given plans ``sequences`` (B, K, horizon, fs, A) in env units.
+
+        The same cost the solver minimises (clamping included), e.g. to compare two plans or to
+        check how good the current plan still is after new frames arrived.
+        """
+        B, goal_z = self._prepare(frames, executed_actions, goal)
+        seq = _as_tensor(sequences, self.device, self.dtype)
+        expected = (B, self.config.horizon, self.frameskip, self.action_dim)
+        if seq.dim() != 5 or (seq.shape[0],) + tuple(seq.shape[2:]) != expected:
+            raise ValueError(
+                f'sequences must be (B={B}, K, {expected[1]}, {expected[2]}, {expected[3]}), got '
+                f'{tuple(seq.shape)}'
+            )
+        norm = self.model.normalize_actions(torch.clamp(seq, min=self.action_low, max=self.action_high))
+        return self._costs(norm, goal_z)
+
+    def _prepare(self, frames: Any, executed_actions: Any | None, goal: Any) -> tuple[int, torch.Tensor]:
+        """Encode frames and goal, cache the rollout context; returns (B, goal embeddings)."""
+        fs, A = self.frameskip, self.action_dim
+        pixels = self._pixels(frames, 'frames')
+        if pixels.dim() != 5:
+            raise ValueError(f'frames must be (B, T, H, W, 3), got {tuple(pixels.shape)}')
+        B, T = pixels.shape[:2]
+        acts = self._executed(executed_actions, B, T)
+        if T > self.history:
+            pixels, acts, T = pixels[:, -self.history :], acts[:, T - self.history :], self.history
+        z_obs = self.model.encode(pixels)
+        goal_z = self._goal_embedding(goal, B)
+        obs_emb = self._embed_actions(self.model.normalize_actions(acts.reshape(B, T - 1, fs * A)))
+        self.rollout.prepare(z_obs, obs_emb, self.config.horizon)
+        return B, goal_z
+
+    def _costs(self, candidates: torch.Tensor, goal_z: torch.Tensor) -> torch.Tensor:
+        """Normalised candidates (B, N, horizon, fs, A) -> squared distance to the goal (B, N)."""
+        B, N = candidates.shape[:2]
+        emb = self._embed_actions(
+            candidates.reshape(B, N, self.config.horizon, self.frameskip * self.action_dim)
+        )
+        z_final = self._rollout_fn(emb)
+        return (z_final.to(self.dtype) - goal_z.unsqueeze(1)).square().sum(-1)
 
     def _executed(self, executed_actions: Any | None, batch: int, frames: int) -> torch.Tensor:
         B, T = batch, frames

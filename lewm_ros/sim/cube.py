@@ -6,7 +6,9 @@ finger friction alone. Action (5-D, [-1, 1]): hand target displacement (x, y, z)
 10 Hz step, yaw displacement of up to 0.25 rad, and the grip (-1 open ... +1 closed, absolute).
 State (qpos, qvel): hand (x, y, z, yaw), fingers (2), cube position and quaternion, then velocities
 (25 values). The hand position is that of the fingertips' midpoint. Success: cube centre within 4 cm
-of the goal's.
+of the goal's (3-D distance).
+Start: cube and hand anywhere within +-0.13 m, the hand 8-14 cm up with open fingers. Goal: the cube
+resting elsewhere on the table (at least 12 cm away), the open hand 12 cm above it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ def expert_start_and_goal(
     """Roll the task's expert from a random start; return (start state, state ``goal_ahead`` steps on).
 
     The start is taken a random ``0..max_offset`` steps into the expert episode, so evaluation
-    covers mid-trajectory states and not only the task's resets.
+    covers mid-trajectory states and not only the task's resets. The expert gets a fresh goal each
+    time it reaches one (as in data collection): an expert idling at its goal would make start
+    and goal coincide, a pair that counts as solved before the planner acts.
     """
     from lewm_ros.sim.experts import make_expert
 
@@ -33,6 +35,9 @@ def expert_start_and_goal(
     offset = int(rng.integers(0, max_offset + 1))
     states = [env.get_state()]
     for _ in range(offset + goal_ahead):
-        obs, _, _, _, _ = env.step(expert.act(obs))
+        obs, _, _, _, info = env.step(expert.act(obs))
         states.append(env.get_state())
+        if info['is_success']:
+            env.resample_goal(rng)
+            expert.reset()
     return states[offset], states[offset + goal_ahead]

@@ -136,35 +136,37 @@ class PushTExpert(ScriptedExpert):
 
     # geometry helpers
     @staticmethod
-    def _clear(a: np.ndarray, b: np.ndarray, pose: np.ndarray, clearance: float) -> bool:
-        """Whether the pusher can travel from ``a`` to ``b`` without touching the T."""
-        n = max(int(np.linalg.norm(b - a) / 0.005), 2)
-        samples = a + np.linspace(0.0, 1.0, n)[:, None] * (b - a)
-        return bool(np.all(push_t.distance_to_t(samples, pose) > clearance))
+    def _clear(starts: np.ndarray, ends: np.ndarray, pose: np.ndarray, clearance: float) -> np.ndarray:
+        """Whether the pusher can travel each segment ``starts[i] -> ends[i]`` without touching the T."""
+        longest = float(np.max(np.linalg.norm(ends - starts, axis=1)))
+        t = np.linspace(0.0, 1.0, max(int(np.ceil(longest / 0.005)) + 1, 2))
+        samples = starts[:, None, :] + t[None, :, None] * (ends - starts)[:, None, :]
+        distance = push_t.distance_to_t(samples.reshape(-1, 2), pose).reshape(len(starts), len(t))
+        return np.all(distance > clearance, axis=1)
 
     def _route(self, start: np.ndarray, goal: np.ndarray, pose: np.ndarray) -> np.ndarray:
         """Next way-point from ``start`` to ``goal`` avoiding the T (Dijkstra over a ring round it)."""
         clearance = push_t.PUSHER_RADIUS + 0.004
-        if self._clear(start, goal, pose, clearance):
+        if self._clear(start[None], goal[None], pose, clearance)[0]:
             return goal
         angles = np.linspace(0.0, 2 * np.pi, self.RING_POINTS, endpoint=False)
         ring = pose[:2] + self.RING_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         limit = push_t.HALF_EXTENT - push_t.PUSHER_RADIUS - 0.005
         ring = np.clip(ring, -limit, limit)  # near a wall the ring is squeezed against it
-        nodes = [start, *ring, goal]
+        nodes = np.array([start, *ring, goal])
         start_id, goal_id = 0, len(nodes) - 1
+        ring_ids = np.arange(1, self.RING_POINTS + 1)
+        pairs = np.concatenate([
+            np.stack([ring_ids, np.roll(ring_ids, -1)], axis=1),  # round the ring
+            np.stack([np.full_like(ring_ids, start_id), ring_ids], axis=1),  # onto the ring
+            np.stack([ring_ids, np.full_like(ring_ids, goal_id)], axis=1),  # off the ring
+        ])
+        usable = pairs[self._clear(nodes[pairs[:, 0]], nodes[pairs[:, 1]], pose, clearance)]
         edges: dict[int, list[tuple[int, float]]] = {i: [] for i in range(len(nodes))}
-
-        def link(i: int, j: int) -> None:
-            if self._clear(nodes[i], nodes[j], pose, clearance):
-                d = float(np.linalg.norm(nodes[i] - nodes[j]))
-                edges[i].append((j, d))
-                edges[j].append((i, d))
-
-        for k in range(self.RING_POINTS):
-            link(1 + k, 1 + (k + 1) % self.RING_POINTS)
-            link(start_id, 1 + k)
-            link(1 + k, goal_id)
+        for i, j in usable:
+            d = float(np.linalg.norm(nodes[i] - nodes[j]))
+            edges[int(i)].append((int(j), d))
+            edges[int(j)].append((int(i), d))
         dist = {start_id: 0.0}
         previous: dict[int, int] = {}
         queue = [(0.0, start_id)]

@@ -7,7 +7,10 @@ position-servoed and reaches its target within the step unless the block resists
 State (qpos, qvel): pusher (x, y), block (x, y, z, yaw), then their velocities (12 values).
 Success (as in the reference Push-T): the joint position error of pusher and block,
 ``norm([pusher_xy - goal_pusher_xy, block_xy - goal_block_xy])``, below 3 cm and the block yaw within
-pi/9 of the goal's.
+pi/9 of the goal's. Including the pusher keeps a goal taken from a trajectory on which the block has
+not moved yet from being reached trivially.
+Start: block anywhere within +-0.14 m at any yaw, pusher somewhere free. Goal: the T at the centre
+turned by pi/4, the pusher parked at (-0.2, -0.2); later goals (``resample_goal``) are random poses.
 """
 
 from __future__ import annotations

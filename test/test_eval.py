@@ -1,0 +1,136 @@
+"""End to end: collect -> train (micro, seconds) -> calibrate -> eval -> eval-surprise, plus bench plan.
+
+The checkpoint is far too small and short-trained to plan well; these tests check that each
+command runs on real MuJoCo episodes, real HDF5 files and a real checkpoint, and writes what it
+promises. The statistics helpers are checked against hand-computed values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip('mujoco')
+pytest.importorskip('h5py')
+
+from lewm_ros.checkpoint import read_metadata  # noqa: E402
+from training.cli import main  # noqa: E402
+from training.eval_surprise import auroc  # noqa: E402
+from training.evaluate import wilson_interval  # noqa: E402
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+EPISODES, STEPS, FRAMESKIP = 6, 60, 5  # TwoRoom records with frameskip 5
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TwoRoom episode file and a micro checkpoint trained on it for a few steps."""
+    root = tmp_path_factory.mktemp('eval')
+    data = root / 'tworoom.h5'
+    assert main(['collect', '--env', 'lewm/TwoRoom-v0', '--episodes', str(EPISODES), '--out', str(data),
+                 '--img-size', '32', '--steps', str(STEPS), '--noise', '0.1']) == 0  # fmt: skip
+    assert main(['train', '--config', 'micro', '--data', str(data), '--out', str(root / 'run'),
+                 '--device', 'cpu', '--set', 'optim.max_steps=20',
+                 '--set', 'train.log_every=10']) == 0  # fmt: skip
+    return root
+
+
+def test_calibrate_stores_the_threshold_in_the_checkpoint(workdir: Path, capsys) -> None:
+    ckpt = workdir / 'run' / 'final'
+    assert read_metadata(ckpt)['surprise'] is None
+    data = str(workdir / 'tworoom.h5')
+    assert main(['calibrate', '--checkpoint', str(ckpt), '--data', data, '--device', 'cpu', '--dry-run',
+                 '--json']) == 0  # fmt: skip
+    dry = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert dry['written'] is False and read_metadata(ckpt)['surprise'] is None
+    assert main(['calibrate', '--checkpoint', str(ckpt), '--data', data, '--device', 'cpu',
+                 '--quantile', '0.99']) == 0  # fmt: skip
+    stored = read_metadata(ckpt)['surprise']
+    # every phase of every episode: frames phase, phase + 5, ... <= 60, each but the first scored
+    frames = STEPS + 1
+    expected_n = EPISODES * sum(len(range(p, frames, FRAMESKIP)) - 1 for p in range(FRAMESKIP))
+    assert stored['n'] == expected_n
+    assert stored['quantile'] == 0.99 and stored['history'] == 3
+    assert stored['mean'] <= stored['threshold'] and stored['std'] > 0
+    assert stored == {k: dry[k] for k in stored} | {'quantile': 0.99, 'threshold': stored['threshold']}
+
+
+def test_eval_runs_closed_loop_and_reports_success_and_timing(workdir: Path) -> None:
+    out, plot = workdir / 'eval.json', workdir / 'eval.png'
+    assert main(['eval', '--checkpoint', str(workdir / 'run' / 'final'), '--episodes', '3', '--envs', '2',
+                 '--samples', '16', '--iters', '2', '--horizon', '2', '--replan-every', '1', '--budget', '15',
+                 '--device', 'cpu', '--json', str(out), '--plot', str(plot)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result['env_id'] == 'lewm/TwoRoom-v0' and result['episodes'] == 3
+    assert len(result['success_per_episode']) == 3
+    assert result['success_rate'] == sum(result['success_per_episode']) / 3
+    lo, hi = result['success_ci95']
+    assert 0 <= lo <= result['success_rate'] <= hi <= 1
+    # 15 steps = 3 blocks, re-planning every block: 3 calls for the first batch of 2, 3 for the last
+    assert result['plan_calls'] == 6
+    assert result['plan_ms_median'] > 0 and result['plan_ms_p90'] >= result['plan_ms_median']
+    assert result['planner']['samples'] == 16 and result['planner']['receding_horizon'] == 1
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_eval_surprise_reports_auroc_false_flags_and_traces(workdir: Path) -> None:
+    ckpt = workdir / 'run' / 'final'
+    if read_metadata(ckpt)['surprise'] is None:  # the test may run alone
+        assert main(['calibrate', '--checkpoint', str(ckpt), '--data', str(workdir / 'tworoom.h5'),
+                     '--device', 'cpu']) == 0  # fmt: skip
+    out, plot = workdir / 'surprise.json', workdir / 'surprise.png'
+    assert main(['eval-surprise', '--checkpoint', str(ckpt), '--episodes', '2', '--steps', '20',
+                 '--perturb-step', '10', '--device', 'cpu', '--json', str(out),
+                 '--plot', str(plot)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    for key in ('auroc_teleport_vs_normal', 'auroc_recolour_vs_normal', 'auroc_teleport_vs_recolour'):
+        assert 0.0 <= result[key] <= 1.0
+    assert result['event_frame'] == 2 and result['normal_frames'] == 2 * 4
+    assert 0.0 <= result['false_flag_rate'] <= 1.0
+    assert result['threshold'] == read_metadata(ckpt)['surprise']['threshold']
+    traces = result['traces']
+    assert set(traces) == {'normal', 'teleport', 'recolour'}
+    assert all(len(row) == 5 and row[0] is None for rows in traces.values() for row in rows)
+    # before the event the three variants are the same episode: same frames, same scores
+    for normal, teleport in zip(traces['normal'], traces['teleport'], strict=True):
+        assert normal[1] == pytest.approx(teleport[1])
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_eval_surprise_rejects_a_perturbation_between_blocks(workdir: Path) -> None:
+    with pytest.raises(SystemExit, match='multiple of the frameskip'):
+        main(['eval-surprise', '--checkpoint', str(workdir / 'run' / 'final'), '--perturb-step', '7',
+              '--device', 'cpu'])  # fmt: skip
+
+
+def test_bench_plan_prints_one_json_object(capsys) -> None:
+    assert main(['bench', 'plan', '--preset', 'micro', '--samples', '8', '--iters', '2', '--horizon', '2',
+                 '--plans', '2', '--threads', '1', '--json']) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['min'] <= result['median'] <= result['max']
+    assert 'random weights' in result['weights']
+    assert result['samples'] == 8 and result['iterations'] == 2 and result['history_frames'] == 3
+    assert {'encode_ms', 'rollout_ms', 'solver_ms'} <= set(result)
+
+
+def test_auroc_and_wilson_interval_match_hand_computed_values() -> None:
+    assert auroc([3, 4], [1, 2]) == 1.0
+    assert auroc([1, 2], [3, 4]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5
+    # pairs (pos > neg): 2>1, 2=2 (half), 5>1, 5>2, 5>3 ... over 3 x 3 pairs
+    pos, neg = [2, 5, 0], [1, 2, 3]
+    expected = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / 9
+    assert auroc(pos, neg) == pytest.approx(expected)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1, 1, 300), rng.normal(0, 1, 400)
+    brute = np.mean(a[:, None] > b[None, :])
+    assert auroc(a, b) == pytest.approx(brute)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(43, 50)
+    assert lo == pytest.approx(0.7385, abs=1e-3) and hi == pytest.approx(0.9303, abs=1e-3)
+    assert math.isclose(sum(wilson_interval(25, 50)), 1.0)

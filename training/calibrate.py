@@ -1,0 +1,113 @@
+"""``lewm calibrate``: set a checkpoint's surprise threshold from held-out normal episodes.
+
+Every episode of the file is cut into block-boundary sequences (frames ``frameskip`` env steps
+apart, one per phase ``0 .. frameskip - 1``), scored with the surprise monitor's definition
+(latent one-step prediction error from up to ``history`` previous frames and the executed action
+blocks), and the ``--quantile`` of all scores becomes the threshold, stored with the score
+statistics in the checkpoint's ``meta.json`` under ``surprise``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lewm calibrate``."""
+    parser.add_argument(
+        '--checkpoint', required=True, help='checkpoint directory to calibrate (updated in place)'
+    )
+    parser.add_argument('--data', required=True, help='HDF5 episode file of held-out normal episodes')
+    parser.add_argument(
+        '--quantile',
+        type=float,
+        default=0.995,
+        help='threshold = this quantile of normal scores (default: 0.995)',
+    )
+    parser.add_argument(
+        '--episodes', type=int, default=None, help='use only the first N episodes (default: all)'
+    )
+    parser.add_argument(
+        '--phases', type=int, default=None,
+        help='block phases per episode (default: all frameskip of them; 1 = frames 0, fs, 2fs, ...)',
+    )  # fmt: skip
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps (default: auto)')
+    parser.add_argument('--dry-run', action='store_true', help='print the calibration, do not write it')
+    parser.add_argument('--json', action='store_true', help='print the calibration as one JSON object')
+
+
+def episode_sequences(pixels, actions, frameskip: int, phases: int):
+    """Yield (frames (T, H, W, 3), blocks (T - 1, fs, A)) at block boundaries, one per phase.
+
+    Sequences are cut before any block holding a NaN action (a gap in a recording), so no score
+    ever uses an action that is not known.
+    """
+    import numpy as np
+
+    n = len(pixels)
+    for phase in range(min(phases, frameskip)):
+        idx = np.arange(phase, n, frameskip)
+        if len(idx) < 2:
+            continue
+        blocks = np.stack([actions[i : i + frameskip] for i in idx[:-1]])
+        bad = ~np.isfinite(blocks).all(axis=(1, 2))
+        start = 0
+        for cut in [*np.flatnonzero(bad), len(blocks)]:
+            if cut - start >= 1:  # at least 2 frames
+                yield pixels[idx[start : cut + 1]], blocks[start:cut]
+            start = cut + 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the file's frames and store the threshold."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from lewm_ros.checkpoint import load_checkpoint, update_metadata
+    from lewm_ros.device import resolve_device
+    from lewm_ros.surprise import calibrate, surprise_scores
+    from training.episodes import EpisodeFile
+
+    if not 0.0 < args.quantile < 1.0:
+        raise SystemExit(f'--quantile must be in (0, 1), got {args.quantile}')
+    model, meta = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    fs, A = model.config.frameskip, model.config.action_dim
+    phases = args.phases or fs
+    scores = []
+    with EpisodeFile(args.data) as data, torch.no_grad():
+        if data.column('actions').shape[1] != A:
+            raise SystemExit(
+                f'{args.data} has {data.column("actions").shape[1]}-D actions, the model takes {A}-D ones'
+            )
+        env_file, env_model = data.attrs.get('env_id'), meta.get('env_id')
+        if env_file and env_model and env_file != env_model:
+            print(
+                f'warning: {args.data} holds {env_file} episodes, the checkpoint was trained on {env_model}'
+            )
+        count = data.num_episodes if args.episodes is None else min(args.episodes, data.num_episodes)
+        for index in tqdm(range(count), desc='calibrate', unit='episode'):
+            episode = data.episode(index)
+            for frames, blocks in episode_sequences(episode['pixels'], episode['actions'], fs, phases):
+                s = surprise_scores(model, frames[None], blocks[None])[0, 1:]
+                scores.append(s.cpu().numpy())
+    if not scores:
+        raise SystemExit(f'{args.data} has no episode long enough to score (need 2 frames {fs} steps apart)')
+    values = np.concatenate(scores)
+    calibration = calibrate(values, args.quantile, data=str(args.data), history=model.config.history)
+    if not args.dry_run:
+        update_metadata(args.checkpoint, 'surprise', calibration.to_dict())
+    if args.json:
+        print(
+            json.dumps(
+                {**calibration.to_dict(), 'written': not args.dry_run, 'checkpoint': str(args.checkpoint)}
+            )
+        )
+    else:
+        where = 'not written (dry run)' if args.dry_run else f'written to {args.checkpoint}'
+        print(
+            f'surprise threshold {calibration.threshold:.5g} = {100 * args.quantile:g} % quantile of '
+            f'{calibration.n} normal frames (mean {calibration.mean:.4g}, std {calibration.std:.4g}); {where}'
+        )
+    return 0

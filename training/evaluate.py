@@ -1,0 +1,277 @@
+"""``lewm eval``: closed-loop goal-reaching success of the latent planner on a MuJoCo task.
+
+Protocol (the paper's): each episode starts from a state of an expert episode; the goal is the
+state the expert reached 25 env steps later, shown to the planner as an image; the planner has a
+budget of 50 env steps and the episode counts as a success if the task's success test holds at
+any step. Starts come from the task's scripted expert (seeded: episode i always gets the same
+start and goal) or from the ``state`` column of an episode file (``--data``).
+
+``--envs`` environments run in lockstep and are planned in one batched call per re-plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lewm eval``."""
+    parser.add_argument('--checkpoint', required=True, help='checkpoint directory')
+    parser.add_argument('--env', default=None, help="task id (default: the checkpoint's env_id)")
+    parser.add_argument('--episodes', type=int, default=50, help='evaluation episodes (default: 50)')
+    parser.add_argument('--envs', type=int, default=10, help='environments planned together (default: 10)')
+    parser.add_argument(
+        '--replan-every', type=int, default=None,
+        help='re-plan after this many action blocks (default: the planner config, paper: 5 = whole plan)',
+    )  # fmt: skip
+    parser.add_argument('--budget', type=int, default=50, help='env steps per episode (default: 50)')
+    parser.add_argument(
+        '--goal-ahead', type=int, default=25, help='goal = expert state N steps later (default: 25)'
+    )
+    parser.add_argument('--data', default=None, help="episode file with a 'state' column to take starts from")
+    parser.add_argument(
+        '--planner-config', default=None, help="YAML with planner settings (a 'planner:' section)"
+    )
+    parser.add_argument('--solver', choices=('cem', 'icem', 'mppi'), default=None, help='override the solver')
+    parser.add_argument('--samples', type=int, default=None, help='override candidates per iteration')
+    parser.add_argument('--iters', type=int, default=None, help='override solver iterations')
+    parser.add_argument('--elites', type=int, default=None, help='override CEM elites')
+    parser.add_argument('--horizon', type=int, default=None, help='override the horizon (blocks)')
+    parser.add_argument(
+        '--dtype',
+        choices=('auto', 'float32', 'bfloat16'),
+        default=None,
+        help='rollout precision (default: auto)',
+    )
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps (default: auto)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of starts, goals and planner (default: 0)')
+    parser.add_argument('--json', dest='json_out', default=None, help='write the results to this JSON file')
+    parser.add_argument('--plot', default=None, help='write a PNG (success + plan-time histogram)')
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % for z = 1.96); good at 0 % and 100 % too."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def planner_config_from_args(args: argparse.Namespace, device: str) -> Any:
+    """PlannerConfig: defaults (the paper's), then ``--planner-config``, then single flags."""
+    import yaml
+
+    from lewm_ros.planning import PlannerConfig
+
+    values: dict[str, Any] = {}
+    if args.planner_config:
+        loaded = yaml.safe_load(Path(args.planner_config).read_text(encoding='utf-8')) or {}
+        values.update(loaded.get('planner', loaded) if isinstance(loaded, dict) else {})
+    for flag, key in (
+        ('solver', 'solver'), ('samples', 'samples'), ('iters', 'iterations'), ('elites', 'elites'),
+        ('horizon', 'horizon'), ('replan_every', 'receding_horizon'), ('dtype', 'dtype'),
+    ):  # fmt: skip
+        if getattr(args, flag, None) is not None:
+            values[key] = getattr(args, flag)
+    values['device'] = device
+    values.setdefault('seed', args.seed)
+    if 'samples' in values and 'elites' not in values:
+        values['elites'] = max(2, min(PlannerConfig.elites, values['samples'] // 2))
+    if values.get('horizon') and 'receding_horizon' not in values:
+        values['receding_horizon'] = min(PlannerConfig.receding_horizon, values['horizon'])
+    return PlannerConfig.from_dict(values)
+
+
+class StartSource:
+    """Start and goal states: from the task's expert (default) or from an episode file's states."""
+
+    def __init__(self, env: Any, seed: int, goal_ahead: int, data: str | None) -> None:
+        self.env, self.seed, self.goal_ahead = env, seed, goal_ahead
+        self.states: list[Any] = []
+        if data:
+            from training.episodes import EpisodeFile
+
+            with EpisodeFile(data) as f:
+                if not f.has('state'):
+                    raise SystemExit(f"{data} has no 'state' column; collect it without --no-state")
+                for i in range(f.num_episodes):
+                    episode = f.episode(i)['state']
+                    if len(episode) > goal_ahead:
+                        self.states.append(episode)
+            if not self.states:
+                raise SystemExit(f'{data} has no episode longer than --goal-ahead {goal_ahead} steps')
+
+    def __call__(self, index: int) -> tuple[Any, Any]:
+        """(start, goal) of evaluation episode ``index``; the same for a given seed and index."""
+        import numpy as np
+
+        from lewm_ros.sim.eval_protocol import expert_start_and_goal
+
+        rng = np.random.default_rng([self.seed, index])
+        if not self.states:
+            return expert_start_and_goal(self.env, rng, goal_ahead=self.goal_ahead)
+        episode = self.states[index % len(self.states)]
+        t0 = int(rng.integers(0, len(episode) - self.goal_ahead))
+        return episode[t0], episode[t0 + self.goal_ahead]
+
+
+def run_batch(planner: Any, envs: list[Any], starts: list[tuple[Any, Any]], budget: int) -> tuple[list, list]:
+    """Run one lockstep batch of episodes; returns (success per env, plan-call timings)."""
+    import numpy as np
+
+    from lewm_ros.planning import BlockHistory
+
+    cfg, fs, A = planner.config, planner.frameskip, planner.action_dim
+    histories, goals = [], []
+    for env, (start, goal) in zip(envs, starts, strict=True):
+        obs, _ = env.reset(options={'state': start, 'goal_state': goal})
+        history = BlockHistory(planner.history, fs, A)
+        history.reset(obs)
+        histories.append(history)
+        goals.append(env.goal_image())
+    goal_z = planner.encode_goal(np.stack(goals))
+    planner.reset()
+    success = [False] * len(envs)
+    queue: dict[int, list[Any]] = {}
+    timings = []
+    steps = 0
+    while steps < budget:
+        active = [i for i in range(len(envs)) if not success[i]]
+        if not active:
+            break
+        if any(not queue.get(i) for i in active):
+            # all active envs are at a block boundary together: one batched plan
+            frames = np.stack([histories[i].frames() for i in active])
+            actions = np.stack([histories[i].actions() for i in active]) if frames.shape[1] > 1 else None
+            result = planner.plan(frames, actions, goal_z[active], env_ids=active)
+            timings.append({**result.timing, 'envs': len(active)})
+            blocks = result.sequence[:, : cfg.receding_horizon].float().cpu().numpy()
+            for row, i in enumerate(active):
+                queue[i] = list(blocks[row])
+        for i in active:
+            block = queue[i].pop(0)
+            for action in block[: budget - steps]:
+                obs, _, _, _, info = envs[i].step(action)
+                histories[i].step(action, obs)
+                success[i] = success[i] or bool(info['is_success'])
+        steps += min(fs, budget - steps)
+    return success, timings
+
+
+def plot_results(path: str, summary: dict[str, Any], plan_ms: list[float]) -> None:
+    """Success rate with its 95 % interval, and the distribution of plan times."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={'width_ratios': [1, 2]})
+    rate, (lo, hi) = summary['success_rate'], summary['success_ci95']
+    ax1.bar([0], [100 * rate], color='tab:green', yerr=[[100 * (rate - lo)], [100 * (hi - rate)]], capsize=8)
+    ax1.set_xticks([0], [summary['env_id'].split('/')[-1]])
+    ax1.set_ylim(0, 100)
+    ax1.set_ylabel('success (%)')
+    ax1.set_title(f'{100 * rate:.0f} % of {summary["episodes"]} (95 % CI)')
+    ax2.hist(plan_ms, bins=30, color='tab:blue')
+    ax2.axvline(summary['plan_ms_median'], color='k', linestyle='--', label='median')
+    ax2.set_xlabel('ms per plan call (all envs of a batch)')
+    ax2.set_ylabel('plan calls')
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print/write the results."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from lewm_ros.checkpoint import read_metadata
+    from lewm_ros.device import resolve_device
+    from lewm_ros.planning import LatentPlanner
+    from lewm_ros.sim import ENV_IDS, make_env
+
+    if args.episodes < 1 or args.envs < 1 or args.budget < 1:
+        raise SystemExit('--episodes, --envs and --budget must be at least 1')
+    meta = read_metadata(args.checkpoint)
+    env_id = args.env or meta.get('env_id')
+    if env_id not in ENV_IDS:
+        raise SystemExit(
+            f'--env must be one of {", ".join(ENV_IDS)} (the checkpoint says {meta.get("env_id")!r})'
+        )
+    device = resolve_device(args.device)
+    config = planner_config_from_args(args, str(device))
+    planner = LatentPlanner.from_checkpoint(args.checkpoint, config)
+    image_size = planner.model.config.image_size
+    n_envs = min(args.envs, args.episodes)
+    envs = [make_env(env_id, img_size=image_size) for _ in range(n_envs)]
+    if envs[0].frameskip != planner.frameskip:
+        print(
+            f'note: {env_id} records with frameskip {envs[0].frameskip}; '
+            f'the model plans blocks of {planner.frameskip} steps'
+        )
+    starts = StartSource(envs[0], args.seed, args.goal_ahead, args.data)
+    successes: list[bool] = []
+    timings: list[dict[str, float]] = []
+    with tqdm(total=args.episodes, desc=f'eval {env_id}', unit='episode') as bar:
+        for first in range(0, args.episodes, n_envs):
+            batch = list(range(first, min(first + n_envs, args.episodes)))
+            batch_starts = [starts(i) for i in batch]
+            ok, t = run_batch(planner, envs[: len(batch)], batch_starts, args.budget)
+            successes.extend(ok)
+            timings.extend(t)
+            bar.update(len(batch))
+            bar.set_postfix(success=f'{np.mean(successes):.0%}')
+    for env in envs:
+        env.close()
+    plan_ms = [t['total_ms'] for t in timings]
+    per_env_ms = [t['total_ms'] / t['envs'] for t in timings]
+    k, n = int(sum(successes)), len(successes)
+    lo, hi = wilson_interval(k, n)
+    summary = {
+        'env_id': env_id,
+        'checkpoint': str(args.checkpoint),
+        'episodes': n,
+        'successes': k,
+        'success_rate': k / n,
+        'success_ci95': [lo, hi],
+        'success_per_episode': [bool(s) for s in successes],
+        'plan_calls': len(plan_ms),
+        'plan_ms_median': float(np.median(plan_ms)) if plan_ms else None,
+        'plan_ms_p90': float(np.percentile(plan_ms, 90)) if plan_ms else None,
+        'plan_ms_per_env_median': float(np.median(per_env_ms)) if plan_ms else None,
+        'plan_breakdown_ms_median': {
+            key: float(np.median([t[key] for t in timings]))
+            for key in ('encode_ms', 'rollout_ms', 'solver_ms')
+        }
+        if timings
+        else None,
+        'envs_per_batch': n_envs,
+        'budget_steps': args.budget,
+        'goal_ahead_steps': args.goal_ahead,
+        'starts': 'data' if args.data else 'expert',
+        'seed': args.seed,
+        'device': str(device),
+        'planner': config.to_dict(),
+        'rollout_dtype': str(planner.rollout_dtype).replace('torch.', ''),
+    }
+    print(
+        f'{env_id}: success {100 * k / n:.1f} % ({k}/{n}, 95 % CI {100 * lo:.1f}-{100 * hi:.1f} %); '
+        f'plan {summary["plan_ms_median"]:.0f} ms median, {summary["plan_ms_p90"]:.0f} ms p90 per call '
+        f'of up to {n_envs} envs ({summary["plan_ms_per_env_median"]:.0f} ms per env)'
+    )
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_results(args.plot, summary, plan_ms)
+    return 0

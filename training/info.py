@@ -1,0 +1,80 @@
+"""``lewm info CKPT``: print what a checkpoint holds (model, data conventions, provenance, calibration)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lewm info``."""
+    parser.add_argument('checkpoint', help='checkpoint directory (holding model.safetensors and meta.json)')
+    parser.add_argument('--json', action='store_true', help='print meta.json (plus tensor summary) as JSON')
+    parser.add_argument(
+        '--no-verify', action='store_true', help='skip loading the weights (faster, fewer checks)'
+    )
+
+
+def _fmt(values) -> str:
+    if values is None:
+        return '-'
+    return '[' + ', '.join(f'{v:.4g}' for v in values) + ']'
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary; exit code 1 when the checkpoint is missing or damaged."""
+    from lewm_ros.checkpoint import CheckpointError, load_checkpoint, read_metadata
+
+    try:
+        if args.no_verify:
+            meta, model = read_metadata(args.checkpoint), None
+        else:
+            model, meta = load_checkpoint(args.checkpoint)
+    except CheckpointError as err:
+        print(f'lewm info: {err}')
+        return 1
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    cfg = meta['model_config']
+    prov = meta.get('provenance') or {}
+    dataset = prov.get('dataset') or {}
+    lines = [
+        f'checkpoint   {args.checkpoint}  ({meta["format"]} v{meta["format_version"]})',
+        f'parameters   {meta.get("num_parameters", 0) / 1e6:.2f} M'
+        + ('  (weights loaded and verified)' if model is not None else '  (weights not checked)'),
+        f'encoder      ViT {cfg["image_size"]} px, patch {cfg["patch_size"]}, width {cfg["encoder_width"]}, '
+        f'depth {cfg["encoder_depth"]}, heads {cfg["encoder_heads"]}',
+        f'embedding    {cfg["embed_dim"]} dims (projector hidden {cfg["projector_hidden"]}, BatchNorm)',
+        f'predictor    depth {cfg["predictor_depth"]}, '
+        f'{cfg["predictor_heads"]} heads x {cfg["predictor_head_dim"]}, '
+        f'MLP {cfg["predictor_mlp_dim"]}, history {cfg["history"]}',
+        f'pixels       {meta.get("pixel_format", "uint8 RGB (H, W, 3)")}',
+        f'actions      dim {cfg["action_dim"]}, frameskip {cfg["frameskip"]} '
+        f'(blocks of {cfg["frameskip"] * cfg["action_dim"]} values)',
+        f'  bounds     low {_fmt(meta.get("action_low"))}  high {_fmt(meta.get("action_high"))}',
+        f'  z-score    mean {_fmt(meta.get("action_mean"))}  std {_fmt(meta.get("action_std"))}',
+        f'env          {meta.get("env_id") or "-"}',
+        f'trained      {prov.get("steps", "-")} steps ({prov.get("epochs", "-")} epochs) in '
+        f'{prov.get("train_seconds", "-")} s on {prov.get("device", "-")} ({prov.get("precision", "-")}, '
+        f'{prov.get("world_size", 1)} process(es)), torch {prov.get("torch_version", "-")}',
+        f'created      {prov.get("created", "-")}, git {prov.get("git_commit") or "-"}',
+        f'dataset      {dataset.get("path", "-")}'
+        + (
+            f'  {dataset.get("hash_method")} {str(dataset.get("hash"))[:16]}...'
+            if dataset.get('hash')
+            else ''
+        ),
+    ]
+    if dataset.get('episodes_train') is not None:
+        lines.append(
+            f'             {dataset["episodes_train"]} train / '
+            f'{dataset.get("episodes_val", 0)} val episodes, '
+            f'{dataset.get("clips_train", "-")} train clips'
+        )
+    surprise = meta.get('surprise')
+    lines.append(
+        'surprise     ' + ('not calibrated (run lewm calibrate)' if not surprise else json.dumps(surprise))
+    )
+    print('\n'.join(lines))
+    return 0
