@@ -21,9 +21,12 @@ CACHE = Path.home() / '.cache' / 'lewm_ros'
 # The exact commands that made the shipped checkpoint (docs/demo.md); --retrain runs them again.
 RETRAIN_COMMANDS = (
     ['lewm', 'collect', '--env', DEMO_ENV, '--episodes', '400', '--policy', 'expert', '--noise', '0.5',
-     '--img-size', '64', '--out', '{data}', '--overwrite'],
-    ['lewm', 'train', '--config', 'tiny', '--data', '{data}', '--out', '{run}'],
-    ['lewm', 'calibrate', '--checkpoint', '{ckpt}', '--env', DEMO_ENV],
+     '--img-size', '64', '--out', '{data}.h5', '--overwrite'],
+    ['lewm', 'collect', '--env', DEMO_ENV, '--episodes', '40', '--policy', 'expert', '--noise', '0.5',
+     '--img-size', '64', '--seed', '100000', '--out', '{data}_calib.h5', '--overwrite'],
+    ['lewm', 'train', '--config', 'tiny', '--data', '{data}.h5', '--out', '{run}', '--set',
+     'optim.max_steps=2000'],
+    ['lewm', 'calibrate', '--checkpoint', '{ckpt}', '--data', '{data}_calib.h5'],
 )
 
 
@@ -70,7 +73,7 @@ def _train_demo_checkpoint() -> Path:
     import subprocess
     import sys
 
-    data, run_dir = CACHE / 'tworoom.h5', CACHE / 'runs' / DEMO_MODEL
+    data, run_dir = CACHE / 'tworoom', CACHE / 'runs' / DEMO_MODEL
     ckpt = run_dir / 'final'
     if ckpt.is_dir():
         print(f'using the demo model trained earlier: {ckpt} (delete it to train again)')

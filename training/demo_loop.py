@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from training.evaluate import wilson_interval
+
 STEP_BUDGET = 50  # the paper's protocol
 EPISODE_TIMEOUT_S = 600.0
 
@@ -31,16 +33,6 @@ class EpisodeTrace:
     steps: int = 0
     scores: list[tuple[int, float, bool]] = field(default_factory=list)  # (sim step, score, flagged)
     events: dict[str, int] = field(default_factory=dict)  # perturbation kind -> sim step
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a success rate (sensible for small n, unlike mean ± 2 se)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
