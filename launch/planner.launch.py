@@ -17,6 +17,7 @@ ARGUMENTS = (
     ('params_file', PathJoinSubstitution([FindPackageShare('lewm_ros'), 'config', 'planner.yaml']),
      'ROS parameter file with the planner settings'),
     ('namespace', '', 'namespace for the node and its relative topics'),
+    ('frame_driven', 'false', 'true: one action per new camera frame (lock-step simulators)'),
     ('camera_topic', 'camera/image_raw', 'camera image topic to subscribe to'),
     ('goal_topic', 'lewm/goal_image', 'goal image topic to subscribe to'),
     ('action_topic', 'lewm/action', 'topic the actions are published on'),
@@ -37,7 +38,8 @@ def generate_launch_description() -> LaunchDescription:
         emulate_tty=True,
         parameters=[
             LaunchConfiguration('params_file'),
-            {'checkpoint': LaunchConfiguration('checkpoint'), 'device': LaunchConfiguration('device')},
+            {'checkpoint': LaunchConfiguration('checkpoint'), 'device': LaunchConfiguration('device'),
+             'frame_driven': LaunchConfiguration('frame_driven')},
         ],
         remappings=[
             ('camera/image_raw', LaunchConfiguration('camera_topic')),

@@ -8,7 +8,7 @@ $ ros2 service call /sim/teleport std_srvs/srv/Trigger
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -44,10 +44,13 @@ def generate_launch_description() -> LaunchDescription:
         ],
         additional_env={'PYTHONUNBUFFERED': '1', 'MUJOCO_GL': 'egl'},
     )
+    # In lock-step the next frame answers the last action: the planner acts once per frame.
+    lockstep = PythonExpression(["'", LaunchConfiguration('mode'), "' == 'lockstep'"])
     planner = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(PathJoinSubstitution([share, 'launch', 'planner.launch.py'])),
         launch_arguments={'checkpoint': LaunchConfiguration('checkpoint'),
                           'device': LaunchConfiguration('device'),
-                          'namespace': LaunchConfiguration('namespace')}.items(),
+                          'namespace': LaunchConfiguration('namespace'),
+                          'frame_driven': lockstep}.items(),
     )
     return LaunchDescription([*args, sim, planner])

@@ -278,3 +278,12 @@ def test_help_needs_no_ros_graph() -> None:
     assert result.returncode == 0 and 'stale_timeout' in result.stdout
 
 
+
+
+def test_out_of_range_parameter_at_start_exits_non_zero(checkpoint: Path) -> None:
+    result = subprocess.run([sys.executable, '-m', 'lewm_ros.nodes.planner_node', '--ros-args', '-p',
+                             f'checkpoint:={checkpoint}', '-p', 'samples:=1', '-p', 'safe_action:=brake'],
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and 'invalid parameters' in output
+    assert 'samples' in output and 'safe_action' in output, output

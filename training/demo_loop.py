@@ -20,7 +20,7 @@ import numpy as np
 from training.evaluate import wilson_interval
 
 STEP_BUDGET = 50  # the paper's protocol
-EPISODE_TIMEOUT_S = 600.0
+STALL_TIMEOUT_S = 60.0  # an episode whose step count does not move for this long is an error
 
 
 @dataclass
@@ -54,10 +54,11 @@ def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
     nodes: list[Any] = []
     try:
         sim = SimNode(context=context, env_id=env_id, img_size=int(meta['image_size']), mode='lockstep',
-                      seed=args.seed, episode_steps=10**6, auto_reset=False, control_rate_hz=args.rate_hz)
+                      seed=args.seed, episode_steps=100000, auto_reset=False, control_rate_hz=args.rate_hz)
         planner = PlannerNode(context=context, checkpoint=str(checkpoint), device=args.device,
                               control_rate_hz=args.rate_hz, samples=args.samples,
-                              iterations=args.iterations, elites=min(30, args.samples // 4))
+                              iterations=args.iterations, elites=min(30, args.samples // 4),
+                              frame_driven=True, stale_timeout=60.0)
         observer = Observer(context, sim)
         nodes = [sim, planner, observer.node]
         for node in nodes:
@@ -127,14 +128,17 @@ class Observer:
         with self._lock:
             self._trace = trace
         pending = sorted(perturb.items(), key=lambda kv: kv[1])
-        start = time.monotonic()
+        last_step, last_progress = -1, time.monotonic()
         while self.sim.steps < STEP_BUDGET:
             if pending and self.sim.steps >= pending[0][1]:
                 kind, _ = pending.pop(0)
                 trace.events[kind] = self.sim.steps
                 self._call(kind)
-            if time.monotonic() - start > EPISODE_TIMEOUT_S:
-                raise RuntimeError(f'episode {index} made no progress for {EPISODE_TIMEOUT_S:.0f} s')
+            if self.sim.steps != last_step:
+                last_step, last_progress = self.sim.steps, time.monotonic()
+            elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
+                raise RuntimeError(f'episode {index} stalled at step {last_step} for {STALL_TIMEOUT_S:.0f} s '
+                                   '(see the node logs above)')
             if not trace.surprise_episode and trace.success:
                 break
             time.sleep(0.002)

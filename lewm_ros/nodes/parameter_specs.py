@@ -46,6 +46,7 @@ def declare(node: Any, specs: Iterable[ParamSpec]) -> dict[str, Any]:
     Raises ``ValueError`` naming each bad value, so a bad YAML file stops the node at start.
     """
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    from rclpy.exceptions import ParameterException
     from rclpy.parameter import Parameter
 
     array_types = {float: Parameter.Type.DOUBLE_ARRAY, int: Parameter.Type.INTEGER_ARRAY,
@@ -64,7 +65,11 @@ def declare(node: Any, specs: Iterable[ParamSpec]) -> dict[str, Any]:
                 descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high))]
         # An array without default is declared by type only: its value stays None until set.
         default = array_types[spec.array_of] if spec.default is None else spec.default
-        value = node.declare_parameter(spec.name, default, descriptor).value
+        try:
+            value = node.declare_parameter(spec.name, default, descriptor).value
+        except ParameterException as err:  # rclpy's own range/type checks on the override
+            problems.append(f'{spec.name}: {err}')
+            continue
         problem = None if value is None else spec.check(value)
         if problem:
             problems.append(problem)

@@ -212,6 +212,10 @@ class PlannerNode(Node):
             self._new_frame, self._pending_goal, self._pending_params = False, None, {}
         if changes:
             self._apply_params(changes)
+        if self.params['frame_driven'] and not new_frame and goal is None:
+            # Lock-step: the world moves only when we act, so a tick without a new frame is not a
+            # time step (counting it would misalign the history with the simulator's steps).
+            return
         if isinstance(goal, np.ndarray):
             self.mpc.set_goal(goal)
         elif goal == 'clear':
@@ -233,6 +237,9 @@ class PlannerNode(Node):
                 f"safe action ({self.params['safe_action']})", throttle_duration_sec=2.0)
         else:
             action, plan = self.mpc.act()
+            if action is None:  # the goal just changed and no frame of the new episode arrived yet
+                self.mpc.executed(None)
+                return
             # The planner clamps in float32; clamp again in the float64 we publish, so a bound of
             # 0.3 is never exceeded by a rounding error.
             action = np.clip(action, self._low, self._high)

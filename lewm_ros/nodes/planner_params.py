@@ -25,6 +25,9 @@ PLANNER_PARAMS = (
     ParamSpec('frame_id', 'base_link', 'frame_id of TwistStamped actions'),
     ParamSpec('control_rate_hz', 10.0, 'control timer rate: one action per tick; the model step is '
               'frameskip ticks', low=0.1, high=1000.0),
+    ParamSpec('frame_driven', False, 'act only on ticks that bring a new camera frame, one action per frame '
+              '(for lock-step simulators, where the next frame answers the last action); false: one action '
+              'per tick whatever the camera does', read_only=False),
     ParamSpec('solver', 'cem', 'sampling-based planner in latent space', choices=SOLVERS),
     ParamSpec('samples', 300, 'candidate action sequences per iteration', read_only=False,
               low=2, high=100000),

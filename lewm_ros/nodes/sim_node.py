@@ -10,7 +10,6 @@ Services: ``sim/reset``, ``sim/teleport``, ``sim/recolour`` (std_srvs/Trigger).
 from __future__ import annotations
 
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -41,7 +40,7 @@ PARAMS = (
     ParamSpec('mode', 'lockstep', 'lockstep: one env step per received action; realtime: step on a timer '
               'at control_rate_hz holding the last action', choices=('lockstep', 'realtime')),
     ParamSpec('control_rate_hz', 0.0, 'env steps per second in realtime mode, and the idle republish rate '
-              'in lockstep mode; 0 = the task\'s own rate', low=0.0, high=1000.0),
+              'in lockstep mode before the first action; 0 = the task\'s own rate', low=0.0, high=1000.0),
     ParamSpec('seed', 0, 'seed of the first episode; episode i uses seed + i', low=0, high=2**31 - 1),
     ParamSpec('episode_steps', 50, 'env steps per episode before the episode ends (the paper\'s budget)',
               low=1, high=100000),
@@ -77,8 +76,6 @@ class SimNode(Node):
         rate = p['control_rate_hz'] or float(self.env.control_rate_hz)
         self._rng = np.random.default_rng(p['seed'])
         self._held_action = np.zeros(self.action_dim)
-        self._last_action_time = 0.0  # monotonic seconds
-        self._period = 1.0 / rate
         self.episode = -1
         self.steps = 0
         self.episode_successes: list[bool] = []
@@ -118,14 +115,17 @@ class SimNode(Node):
         else:
             self.env.reset(seed=p['seed'] + self.episode)
         self.steps = 0
+        self._actions_this_episode = 0
+        self._episode_ended = False
         self._held_action = np.zeros(self.action_dim)
         self._publish_image(self.goal_pub, self.env.goal_image())
         self._publish_frame()
 
     def _end_episode_if_done(self) -> None:
         success = self._in_mujoco_thread(self.env.is_success)
-        if not (success or self.steps >= self.params['episode_steps']):
+        if self._episode_ended or not (success or self.steps >= self.params['episode_steps']):
             return
+        self._episode_ended = True
         self.episode_successes.append(bool(success))
         rate = np.mean(self.episode_successes)
         self.get_logger().info(f'episode {self.episode} {"succeeded" if success else "failed"} after '
@@ -151,15 +151,17 @@ class SimNode(Node):
             self.get_logger().warning(f'ignoring action: {err}', throttle_duration_sec=2.0)
             return
         self._held_action = action
-        self._last_action_time = time.monotonic()
+        self._actions_this_episode += 1
         if self.params['mode'] == 'lockstep':
             self._step()
 
     def _on_timer(self) -> None:
         if self.params['mode'] == 'realtime':
             self._step()
-        elif time.monotonic() - self._last_action_time > 2 * self._period:
-            # Lockstep with no actions flowing: show the unchanged world so the camera looks alive.
+        elif self._actions_this_episode == 0:
+            # Lock-step before the first action of the episode: show the unchanged world so a
+            # planner that starts later (or waits for a goal) sees the camera. Once actions flow,
+            # every frame answers one action: a re-published frame would look like a step.
             self._in_mujoco_thread(self._publish_frame)
 
     # -- services -----------------------------------------------------------------------
@@ -191,8 +193,10 @@ class SimNode(Node):
 
     def destroy_node(self) -> None:
         """Free the renderer (in its thread) along with the node."""
-        self._in_mujoco_thread(self.env.close)
-        self._mujoco_thread.shutdown()
+        if hasattr(self, 'env'):  # a node whose construction failed has none
+            self._in_mujoco_thread(self.env.close)
+        if hasattr(self, '_mujoco_thread'):
+            self._mujoco_thread.shutdown()
         super().destroy_node()
 
 
