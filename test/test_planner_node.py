@@ -31,7 +31,7 @@ from lewm_ros.image_conversion import rgb_to_image_fields  # noqa: E402
 from lewm_ros.model import LeWM, ModelConfig  # noqa: E402
 from lewm_ros.nodes.planner_node import PlannerNode  # noqa: E402
 
-RATE_HZ = 20.0
+RATE_HZ = 5.0  # low enough that a loaded 2-core CI machine keeps the timer on time
 FAST_PLANNER = {'samples': 16, 'iterations': 2, 'elites': 4, 'horizon': 2}
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -108,11 +108,11 @@ def test_actions_within_limits_at_the_control_rate(setup) -> None:
     try:
         assert wait_for(lambda: len(h.actions) >= 5, 15.0), 'no actions within 15 s'
         start = time.monotonic()
-        time.sleep(2.0)  # an observation window, not a synchronisation
-        window = h.actions_between(start, start + 2.0)
+        time.sleep(4.0)  # an observation window, not a synchronisation
+        window = h.actions_between(start, start + 4.0)
     finally:
         h.stop_stream()
-    rate = len(window) / 2.0
+    rate = len(window) / 4.0
     assert abs(rate - RATE_HZ) <= 0.3 * RATE_HZ, f'actions at {rate:.1f} Hz, expected {RATE_HZ}'
     actions = np.array(window)
     assert actions.shape[1] == 2
