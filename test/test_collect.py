@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -98,6 +99,15 @@ def test_killed_run_leaves_no_complete_looking_file_and_resumes_to_the_same_resu
         EpisodeFile(out)
     with pytest.raises(SystemExit, match='--resume'):
         lewm(['collect', *args, '--out', str(out)])
+    try:
+        h5py.File(partial, 'r').close()
+    except OSError:
+        # HDF5 is not crash-safe: a kill inside a write can break the file. Then resuming must
+        # refuse with a clear message; it must never produce a complete-looking file.
+        with pytest.raises(SystemExit, match='damaged'):
+            lewm(['collect', *args, '--out', str(out), '--resume'])
+        assert not out.exists()
+        return
     with pytest.raises(SystemExit, match='other settings'):
         lewm(['collect', *args, '--out', str(out), '--resume', '--noise', '0.3'])
     assert lewm(['collect', *args, '--out', str(out), '--resume']) == 0

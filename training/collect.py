@@ -116,8 +116,12 @@ def _stored_attrs(partial: Path) -> dict[str, Any]:
     """Metadata of an unfinished file, as plain Python values."""
     import h5py
 
-    with h5py.File(partial, 'r') as f:
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    try:
+        with h5py.File(partial, 'r') as f:
+            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except OSError as err:  # HDF5 is not crash-safe: a kill in the middle of a write can break it
+        raise SystemExit(f'{partial} is damaged ({err}); the run was killed while writing: delete it and '
+                         'collect again (or use --overwrite)') from err
 
 
 def run(args: argparse.Namespace) -> int:
