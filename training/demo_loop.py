@@ -7,7 +7,6 @@ Everything crosses real ROS 2 topics and services on a private DDS graph; only e
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import threading
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import wilson_interval
+from training.evaluate import wilson_interval, write_json
 
 STEP_BUDGET = 50  # the paper's protocol
 STALL_TIMEOUT_S = 60.0  # an episode whose step count does not move for this long is an error
@@ -177,8 +176,7 @@ def _report(args: argparse.Namespace, checkpoint: Path, env_id: str, traces: lis
         },
         'plan_ms_median': float(np.median(plan_ms)) if plan_ms else None,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'demo.json').write_text(json.dumps(summary, indent=2) + '\n')
+    write_json(args.out / 'demo.json', summary)
     png = args.out / 'surprise_trace.png'
     _plot(special, normal, threshold, png)
     s = summary['surprise']

@@ -11,9 +11,10 @@ teleport against recolour, the false-flag rate of the calibrated threshold on th
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from training.evaluate import write_json
 
 VARIANTS = ('normal', 'teleport', 'recolour')
 
@@ -212,8 +213,7 @@ def run(args: argparse.Namespace) -> int:
         f'recolour {summary["recolour_median"]:.3g}\n{flag}'
     )
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
+        write_json(args.json_out, summary)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_traces(args.plot, scores, fs, args.perturb_step, threshold)

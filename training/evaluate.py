@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--plot', default=None, help='write a PNG (success + plan-time histogram)')
 
 
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON, creating the parent folder (the reports of eval commands)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(value, indent=2) + '\n', encoding='utf-8')
+
+
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (95 % for z = 1.96); good at 0 % and 100 % too."""
     if n == 0:
@@ -269,8 +275,7 @@ def run(args: argparse.Namespace) -> int:
         f'of up to {n_envs} envs ({summary["plan_ms_per_env_median"]:.0f} ms per env)'
     )
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(summary, indent=2) + '\n', encoding='utf-8')
+        write_json(args.json_out, summary)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_results(args.plot, summary, plan_ms)
