@@ -113,7 +113,11 @@ def test_actions_within_limits_at_the_control_rate(setup) -> None:
         window = h.actions_between(start, start + 4.0)
     finally:
         h.stop_stream()
-    rate = len(window) / 4.0
+    # The rate from the median interval between actions: a multi-second stall of the shared CI
+    # machine (seen in the full suite, not in isolation) must not read as a wrong timer rate.
+    stamps = [t for t, _ in h.actions if start <= t < start + 4.0]
+    assert len(stamps) >= 8, f'only {len(stamps)} actions in 4 s at {RATE_HZ} Hz'
+    rate = 1.0 / float(np.median(np.diff(stamps)))
     assert abs(rate - RATE_HZ) <= 0.3 * RATE_HZ, f'actions at {rate:.1f} Hz, expected {RATE_HZ}'
     actions = np.array(window)
     assert actions.shape[1] == 2
