@@ -1,5 +1,6 @@
 """SIGReg under DDP (2 gloo processes) equals SIGReg of one process on the concatenated batch."""
 
+import gc
 import os
 import socket
 
@@ -37,14 +38,20 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         local = x[:, rank * PER_RANK : (rank + 1) * PER_RANK]
         loss = loss_fn(ddp, local)
         loss.backward()
+        loss_value = loss.detach().numpy()
+        # the DDP reducer holds the process group; if it outlives destroy_process_group, gloo's
+        # threads are torn down at interpreter exit and abort the process now and then
+        del ddp, loss
+        gc.collect()
         # the regulariser a rank would compute alone, to show the global one is different
         alone = SIGReg(num_projections=64, seed=3)
         with torch.no_grad():
+            dist.barrier()
             dist.destroy_process_group()
             local_value = alone(model(local), step=11)
         np.savez(
             os.path.join(out_dir, f'rank{rank}.npz'),
-            loss=loss.detach().numpy(),
+            loss=loss_value,
             local=local_value.numpy(),
             weight_grad=model.weight.grad.numpy(),
             bias_grad=model.bias.grad.numpy(),

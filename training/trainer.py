@@ -404,8 +404,14 @@ class Trainer:
         finally:
             torch.set_num_threads(threads)  # process-wide setting: leave it as found
             if self.dist.world > 1:
+                import gc
+
                 import torch.distributed as dist
 
+                # the DDP reducer holds the process group: free it first, or gloo's threads die
+                # at interpreter exit and abort an otherwise finished run
+                self.net = self.model
+                gc.collect()
                 if dist.is_initialized():
                     dist.destroy_process_group()
 
@@ -561,6 +567,10 @@ class Trainer:
             self.save('final', step, None, elapsed)
             self.writer.close()
             print(f'final checkpoint: {final}')
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # no rank tears its process group down while a peer still talks to it
         return final
 
     def _validate_on_main(self, callback, step: int) -> None:
