@@ -21,6 +21,7 @@ from lewm_ros.checkpoint import read_metadata  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.eval_surprise import auroc  # noqa: E402
 from training.evaluate import wilson_interval  # noqa: E402
+from training.probe import probe_targets, ridge_r2  # noqa: E402
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 EPISODES, STEPS, FRAMESKIP = 6, 60, 5  # TwoRoom records with frameskip 5
@@ -92,6 +93,8 @@ def test_eval_surprise_reports_auroc_false_flags_and_traces(workdir: Path) -> No
     assert result['event_frame'] == 2 and result['normal_frames'] == 2 * 4
     assert 0.0 <= result['false_flag_rate'] <= 1.0
     assert result['threshold'] == read_metadata(ckpt)['surprise']['threshold']
+    # unless told otherwise, episodes are driven like the calibration data (expert, noise 0.1)
+    assert result['policy'] == 'expert' and result['noise'] == pytest.approx(0.1)
     traces = result['traces']
     assert set(traces) == {'normal', 'teleport', 'recolour'}
     assert all(len(row) == 5 and row[0] is None for rows in traces.values() for row in rows)
@@ -134,3 +137,28 @@ def test_auroc_and_wilson_interval_match_hand_computed_values() -> None:
     lo, hi = wilson_interval(43, 50)
     assert lo == pytest.approx(0.7385, abs=1e-3) and hi == pytest.approx(0.9303, abs=1e-3)
     assert math.isclose(sum(wilson_interval(25, 50)), 1.0)
+
+
+def test_ridge_probe_scores_what_is_encoded_and_what_is_not() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(600, 8))
+    encoded = features @ rng.normal(size=8)  # a linear read-out of the features
+    ignored = rng.normal(size=600)  # independent of them
+    angle = np.arctan2(features[:, 0], features[:, 1]) + 2 * np.pi * rng.integers(-3, 4, 600)  # wrapped
+    names, targets = probe_targets(np.c_[encoded, ignored, angle], [0, 1, 2], {2})
+    assert names == ['state[0]', 'state[1]', 'cos state[2]', 'sin state[2]']
+    r2 = ridge_r2(features, targets, train=np.arange(600) < 400)
+    assert r2[0] > 0.99 and abs(r2[1]) < 0.1
+    # cos/sin of the angle are nonlinear in the features but clearly readable; the wraps do not hurt
+    assert r2[2] > 0.5 and r2[3] > 0.5
+
+
+def test_probe_reports_r2_per_state_variable(workdir: Path, capsys) -> None:
+    out, ckpt, data = workdir / 'probe.json', str(workdir / 'run' / 'final'), str(workdir / 'tworoom.h5')
+    assert main(['probe', '--checkpoint', ckpt, '--data', data, '--dims', '0', '1', '--device', 'cpu',
+                 '--json', str(out)]) == 0  # fmt: skip
+    assert 'state[1]' in capsys.readouterr().out
+    r2 = json.loads(out.read_text())['r2']
+    assert set(r2) == {'state[0]', 'state[1]'} and all(v <= 1.0 for v in r2.values())
+    with pytest.raises(SystemExit, match='--dims'):
+        main(['probe', '--checkpoint', ckpt, '--data', data, '--dims', '9', '--device', 'cpu'])

@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'view': ('training.view', 'render a task episode to a GIF/PNG contact sheet to look at'),
     'train': ('training.train', 'train a LeWM world model from an HDF5 episode file'),
     'info': ('training.info', 'print what a checkpoint holds'),
+    'probe': ('training.probe', 'which state variables the embeddings encode (linear probe R²)'),
     'calibrate': ('training.calibrate', 'calibrate the surprise threshold on normal episodes'),
     'eval': ('training.evaluate', 'closed-loop planning success on a MuJoCo task'),
     'eval-surprise': ('training.eval_surprise', 'surprise AUROC for teleport / recolour events'),

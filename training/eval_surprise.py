@@ -36,12 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--policy',
         choices=('expert', 'random'),
-        default='expert',
-        help='what drives the episodes (as in collect)',
+        default=None,
+        help="what drives the episodes, as in collect (default: the calibration data's, else expert)",
     )
     parser.add_argument(
-        '--noise', type=float, default=0.0, help="expert action noise (use the calibration data's)"
-    )
+        '--noise', type=float, default=None,
+        help="expert action noise (default: the calibration data's, else 0)",
+    )  # fmt: skip
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps (default: auto)')
     parser.add_argument('--seed', type=int, default=0, help='base seed (default: 0)')
     parser.add_argument('--json', dest='json_out', default=None, help='write the results to this JSON file')
@@ -93,6 +94,27 @@ def roll_episode(env: Any, variant: str, args: argparse.Namespace, index: int, f
             policy.reset()
     blocks = np.asarray(actions[: (len(frames) - 1) * frameskip]).reshape(len(frames) - 1, frameskip, -1)
     return np.stack(frames), blocks
+
+
+def drive_like_calibration(args: argparse.Namespace, calibration: Any) -> None:
+    """Fill an unset ``--policy``/``--noise`` from the calibration file's attributes.
+
+    The false-flag rate only means something on frames like those the threshold was set on; a
+    noise-free expert moves differently from the noisy one that recorded the calibration data.
+    """
+    attrs: dict[str, Any] = {}
+    data = None if calibration is None else calibration.data
+    if (args.policy is None or args.noise is None) and data and Path(data).is_file():
+        from training.episodes import EpisodeFile
+
+        with EpisodeFile(data) as f:
+            attrs = f.attrs
+    if args.policy is None:
+        args.policy = str(attrs.get('policy', 'expert'))
+    if args.noise is None:
+        args.noise = float(attrs.get('noise', 0.0))
+    source = f'like the calibration data {data}' if attrs else 'default'
+    print(f'episodes driven by the {args.policy} policy, noise {args.noise:g} ({source})')
 
 
 def plot_traces(
@@ -152,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         )
     event_frame = args.perturb_step // fs  # first boundary frame that shows the event
     calibration = SurpriseCalibration.from_meta(meta)
+    drive_like_calibration(args, calibration)
     env = make_env(env_id, img_size=model.config.image_size)
     traces: dict[str, list] = {v: [] for v in VARIANTS}
     for index in tqdm(range(args.episodes), desc=f'surprise {env_id}', unit='episode'):
