@@ -109,8 +109,9 @@ def drive_like_calibration(args: argparse.Namespace, calibration: Any) -> None:
 
         with EpisodeFile(data) as f:
             attrs = f.attrs
-    if args.policy is None:
-        args.policy = str(attrs.get('policy', 'expert'))
+    if args.policy is None:  # a user's recording (teleop, another robot) names no policy we have
+        recorded = str(attrs.get('policy', 'expert'))
+        args.policy = recorded if recorded in ('expert', 'random') else 'expert'
     if args.noise is None:
         args.noise = float(attrs.get('noise', 0.0))
     source = f'like the calibration data {data}' if attrs else 'default'
