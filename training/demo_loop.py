@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import wilson_interval, write_json
+from training.evaluate import wilson_interval
+from training.reports import save_figure, write_json
 
 STEP_BUDGET = 50  # the paper's protocol
 STALL_TIMEOUT_S = 60.0  # an episode whose step count does not move for this long is an error
@@ -223,6 +224,4 @@ def _plot(special: EpisodeTrace, normal: list[EpisodeTrace], threshold: float | 
     ax.set_ylabel('surprise  ||ẑ − z||² / D')
     ax.set_title('LeWM surprise over a sim-in-the-loop episode (grey: normal episodes)')
     ax.legend(fontsize=8, loc='upper left')
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)

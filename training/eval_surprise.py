@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from training.evaluate import write_json
+from training.reports import save_figure, write_json
 
 VARIANTS = ('normal', 'teleport', 'recolour')
 
@@ -144,9 +144,7 @@ def plot_traces(
     ax.set_xlabel('env step')
     ax.set_ylabel('surprise ||ẑ - z||² / D')
     ax.legend(loc='upper left', fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -239,6 +237,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         write_json(args.json_out, summary)
     if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_traces(args.plot, scores, fs, args.perturb_step, threshold)
     return 0

@@ -12,10 +12,11 @@ start and goal) or from the ``state`` column of an episode file (``--data``).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from training.reports import save_figure, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,12 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='seed of starts, goals and planner (default: 0)')
     parser.add_argument('--json', dest='json_out', default=None, help='write the results to this JSON file')
     parser.add_argument('--plot', default=None, help='write a PNG (success + plan-time histogram)')
-
-
-def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON, creating the parent folder (the reports of eval commands)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(value, indent=2) + '\n', encoding='utf-8')
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -190,9 +185,7 @@ def plot_results(path: str, summary: dict[str, Any], plan_ms: list[float]) -> No
     ax2.set_xlabel('ms per plan call (all envs of a batch)')
     ax2.set_ylabel('plan calls')
     ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -277,6 +270,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         write_json(args.json_out, summary)
     if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_results(args.plot, summary, plan_ms)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from training.evaluate import write_json
+from training.reports import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,7 @@ from training.batchnorm import recalibrate_batchnorm
 from training.dataset import ClipData, load_clip_data
 from training.objective import clip_loss, make_optimizer, training_step
 from training.precision import autocast, resolve_precision
+from training.reports import save_figure
 from training.sigreg import SIGReg, effective_rank
 from training.train_state import load_train_state, save_train_state
 
@@ -390,9 +391,7 @@ class Trainer:
         for ax in (rank_ax, sigreg_ax, pred_ax):
             ax.set_xlabel('step')
             ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(self.out_dir / 'health.png', dpi=100)
-        plt.close(fig)
+        save_figure(fig, self.out_dir / 'health.png')
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> Path:
