@@ -112,16 +112,20 @@ def test_actions_within_limits_at_the_control_rate(setup) -> None:
     try:
         # Warm up first: the first plans at each history length build their kernels (seconds).
         assert wait_for(lambda: len(h.actions) >= 25, 30.0), 'fewer than 25 actions within 30 s'
-        start = time.monotonic()
-        time.sleep(4.0)  # an observation window, not a synchronisation
+        # The rate from the median interval between actions in a 4 s window. The shared 2-core CI
+        # machine sometimes slows the whole suite for seconds (never seen in isolation): up to
+        # three windows are observed, and a timer at the wrong rate fails all three.
+        for _ in range(3):
+            start = time.monotonic()
+            time.sleep(4.0)  # an observation window, not a synchronisation
+            stamps = [t for t, _ in h.actions if start <= t < start + 4.0]
+            rate = 1.0 / float(np.median(np.diff(stamps))) if len(stamps) >= 2 else 0.0
+            if len(stamps) >= 8 and abs(rate - RATE_HZ) <= 0.3 * RATE_HZ:
+                break
         window = h.actions_between(start, start + 4.0)
     finally:
         h.stop_stream()
-    # The rate from the median interval between actions: a multi-second stall of the shared CI
-    # machine (seen in the full suite, not in isolation) must not read as a wrong timer rate.
-    stamps = [t for t, _ in h.actions if start <= t < start + 4.0]
     assert len(stamps) >= 8, f'only {len(stamps)} actions in 4 s at {RATE_HZ} Hz'
-    rate = 1.0 / float(np.median(np.diff(stamps)))
     assert abs(rate - RATE_HZ) <= 0.3 * RATE_HZ, f'actions at {rate:.1f} Hz, expected {RATE_HZ}'
     actions = np.array(window)
     assert actions.shape[1] == 2
