@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip('mujoco', reason='the tasks need mujoco')
 
 from lewm_ros.sim import ENV_IDS, make_env  # noqa: E402
-from lewm_ros.sim.experts import RandomPolicy, make_expert, make_policy  # noqa: E402
+from lewm_ros.sim.experts import MixedPolicy, RandomPolicy, make_expert, make_policy  # noqa: E402
 
 
 def expert_success_rate(env_id: str, episodes: int, noise: float, seed: int = 0) -> tuple[float, float]:
@@ -50,6 +50,27 @@ def test_random_policy_stays_in_bounds_and_rarely_succeeds(env_id):
     env.close()
 
 
+def test_mixed_policy_alternates_expert_and_random_segments():
+    env = make_env('lewm/TwoRoom-v0', img_size=32)
+    obs, _ = env.reset(seed=0)
+    policy = make_policy(env, 'mixed', rng=np.random.default_rng(0))
+    assert isinstance(policy, MixedPolicy)
+    clean = make_expert(env)  # noise 0: the mixed policy's expert segments must match it exactly
+    from_expert = []
+    for _ in range(400):
+        expected = clean.act(obs)
+        action = policy.act(obs)
+        assert env.action_space.contains(action.astype(np.float32))
+        from_expert.append(bool(np.allclose(action, expected)))
+        obs, _, _, _, info = env.step(action)
+        if info['is_success']:
+            env.resample_goal(np.random.default_rng(len(from_expert)))
+    switches = int(np.sum(np.diff(from_expert) != 0))
+    assert 0.2 < np.mean(from_expert) < 0.8  # both kinds of segment, neither dominating
+    assert 15 < switches < 70  # mean segment ~10 steps: ~40 switches in 400 steps
+    env.close()
+
+
 def test_expert_noise_is_seeded_and_bounded():
     env = make_env('lewm/TwoRoom-v0', img_size=32)
     env.reset(seed=0)
@@ -58,7 +79,7 @@ def test_expert_noise_is_seeded_and_bounded():
     assert np.all(np.abs(a[0]) <= 1.0)
     with pytest.raises(ValueError, match='noise'):
         make_expert(env, noise=-0.1)
-    with pytest.raises(ValueError, match="'expert' or 'random'"):
+    with pytest.raises(ValueError, match='expert, random, mixed'):
         make_policy(env, 'teleop')
     env.close()
 

@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='task id: lewm/PushT-v0, lewm/TwoRoom-v0, lewm/Reacher-v0 or lewm/Cube-v0')
     parser.add_argument('--episodes', type=int, required=True, help='number of episodes in the file')
     parser.add_argument('--out', required=True, help='output HDF5 file (written as <out>.partial until done)')
-    parser.add_argument('--policy', choices=('expert', 'random'), default='expert',
-                        help='scripted expert (privileged state) or uniform random actions')
+    parser.add_argument('--policy', choices=('expert', 'random', 'mixed'), default='expert',
+                        help='scripted expert (privileged state), uniform random actions, or mixed: '
+                             'alternating expert and random segments of ~10 steps')
     parser.add_argument('--noise', type=float, default=0.0,
                         help='std of Gaussian noise added to the expert actions ([-1, 1] units)')
     parser.add_argument('--img-size', type=int, default=224, help='image size in pixels (64 for CPU presets)')
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     attrs = {
         'env_id': args.env, 'frameskip': env.frameskip, 'control_rate_hz': float(env.control_rate_hz),
         'action_low': env.action_space.low, 'action_high': env.action_space.high,
-        'policy': args.policy, 'noise': float(args.noise if args.policy == 'expert' else 0.0),
+        'policy': args.policy, 'noise': float(args.noise if args.policy != 'random' else 0.0),
         'seed': int(args.seed), 'episode_steps': steps, 'goals': args.goals,
         'perturb': args.perturb or '', 'perturb_step': int(args.perturb_step if args.perturb else 0),
         'state_dim': env.state_dim, 'collector': 'lewm collect',

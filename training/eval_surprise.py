@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         '--policy',
-        choices=('expert', 'random'),
+        choices=('expert', 'random', 'mixed'),
         default=None,
         help="what drives the episodes, as in collect (default: the calibration data's, else expert)",
     )
@@ -111,7 +111,7 @@ def drive_like_calibration(args: argparse.Namespace, calibration: Any) -> None:
             attrs = f.attrs
     if args.policy is None:  # a user's recording (teleop, another robot) names no policy we have
         recorded = str(attrs.get('policy', 'expert'))
-        args.policy = recorded if recorded in ('expert', 'random') else 'expert'
+        args.policy = recorded if recorded in ('expert', 'random', 'mixed') else 'expert'
     if args.noise is None:
         args.noise = float(attrs.get('noise', 0.0))
     source = f'like the calibration data {data}' if attrs else 'default'

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='task id: lewm/PushT-v0, lewm/TwoRoom-v0, lewm/Reacher-v0 or lewm/Cube-v0')
     parser.add_argument('--out', default=None,
                         help='output file: .gif, .mp4 or .png (contact sheet); default <task>.png')
-    parser.add_argument('--policy', choices=('expert', 'random'), default='expert')
+    parser.add_argument('--policy', choices=('expert', 'random', 'mixed'), default='expert')
     parser.add_argument('--noise', type=float, default=0.0,
                         help='expert action noise (std, in [-1, 1] units)')
     parser.add_argument('--seed', type=int, default=0, help='episode seed')

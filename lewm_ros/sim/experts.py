@@ -1,4 +1,4 @@
-"""Scripted experts (with tunable action noise) and a random policy for the four tasks.
+"""Scripted experts (with tunable action noise), a random policy and their mix, for the four tasks.
 
 The experts read the simulator state directly (privileged information): they exist to produce
 training data that covers the task and the start/goal pairs of the evaluation protocol, not to be
@@ -341,12 +341,50 @@ def make_expert(env: MujocoTaskEnv, noise: float = 0.0, rng: Rng = None) -> Scri
     return EXPERTS[name](task, noise=noise, rng=rng)
 
 
+class MixedPolicy:
+    """Alternating segments of the noisy expert and of uniform random actions.
+
+    Expert-only data shows long directed moves but a narrow spread of actions (a model trained on
+    it can ignore whatever the expert keeps fixed, e.g. TwoRoom's vertical position); random-only
+    data has the spread but rarely travels far or crosses TwoRoom's door. Segments of each, with
+    geometric lengths of mean ``mean_segment`` steps, give both.
+    """
+
+    def __init__(self, expert: ScriptedExpert, random: RandomPolicy, rng: np.random.Generator,
+                 mean_segment: float = 10.0) -> None:
+        if mean_segment < 1:
+            raise ValueError(f'mean_segment must be >= 1 step, got {mean_segment}')
+        self.expert, self.random, self.rng = expert, random, rng
+        self.switch_probability = 1.0 / mean_segment
+        self.use_expert = True
+
+    def reset(self) -> None:
+        """Start each episode with the expert (which forgets its own memory)."""
+        self.expert.reset()
+        self.use_expert = True
+
+    def act(self, obs: np.ndarray | None = None) -> np.ndarray:
+        """The current segment's action; the segment ends with probability 1 / mean_segment."""
+        if self.rng.random() < self.switch_probability:
+            self.use_expert = not self.use_expert
+            if self.use_expert:
+                self.expert.reset()
+        return self.expert.act(obs) if self.use_expert else self.random.act(obs)
+
+
+POLICIES = ('expert', 'random', 'mixed')
+
+
 def make_policy(
     env: MujocoTaskEnv, policy: str, noise: float = 0.0, rng: Rng = None
-) -> ScriptedExpert | RandomPolicy:
-    """``'expert'`` (``make_expert``) or ``'random'`` (``RandomPolicy``)."""
+) -> ScriptedExpert | RandomPolicy | MixedPolicy:
+    """A data-collection policy by name: one of ``POLICIES`` (``noise`` is the expert's)."""
     if policy == 'expert':
         return make_expert(env, noise=noise, rng=rng)
     if policy == 'random':
         return RandomPolicy(getattr(env, 'unwrapped', env), rng=rng)
-    raise ValueError(f"policy must be 'expert' or 'random', got {policy!r}")
+    if policy == 'mixed':
+        rng = rng if rng is not None else np.random.default_rng()
+        return MixedPolicy(make_expert(env, noise=noise, rng=rng),
+                           RandomPolicy(getattr(env, 'unwrapped', env), rng=rng), rng=rng)
+    raise ValueError(f'policy must be one of {", ".join(POLICIES)}; got {policy!r}')
