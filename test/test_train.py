@@ -106,6 +106,19 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, squares):
     assert meta['provenance']['steps'] == 30
 
 
+def test_validation_batches_are_spread_over_the_validation_episodes(tmp_path, squares):
+    trainer = Trainer(micro(tmp_path, squares, 'val', 'data.val_fraction=0.25'))
+    trainer._setup_device()
+    trainer._setup_data()
+    starts = trainer.data.val.starts
+    first = [int(starts[i]) for i in next(iter(trainer._val_loader(16, seed=0).batch_sampler))]
+    assert len(first) == 16
+    # not one episode's neighbouring clips: near-duplicates, which SIGReg would read as a collapse
+    assert max(first) - min(first) > 0.5 * (starts.max() - starts.min()), first
+    again = [int(starts[i]) for i in next(iter(trainer._val_loader(16, seed=0).batch_sampler))]
+    assert again == first  # the same batches at every validation: the curve compares like with like
+
+
 def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(0, 10, 100) == pytest.approx(0.1)
     assert lr_factor(9, 10, 100) == pytest.approx(1.0)

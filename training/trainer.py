@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 
 from lewm_ros.checkpoint import CheckpointError, build_metadata, read_metadata, save_checkpoint
-from lewm_ros.device import resolve_device
+from lewm_ros.device import resolve_device, usable_cores
 from lewm_ros.model import LeWM, ModelConfig
 from training.batchnorm import recalibrate_batchnorm
 from training.dataset import ClipData, load_clip_data
@@ -122,14 +122,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 class Trainer:
@@ -259,14 +251,25 @@ class Trainer:
         self.model.load_state_dict(state)
 
     # -- pieces of the loop -------------------------------------------------------------------
-    def _loader(self, dataset, sampler=None, batch_size=None) -> torch.utils.data.DataLoader:
+    def _loader(self, dataset, sampler: EpochBatches) -> torch.utils.data.DataLoader:
         workers = int(self.config['data']['num_workers'])
         kwargs: dict[str, Any] = {'num_workers': workers, 'pin_memory': self.device.type == 'cuda'}
         if workers > 0:
             kwargs['persistent_workers'] = True
-        if sampler is not None:
-            return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **kwargs)
+
+    def _val_loader(self, batch_size: int, seed: int) -> torch.utils.data.DataLoader | None:
+        """The same shuffled validation batches at every validation.
+
+        Shuffled because neighbouring clips of one episode are near-duplicates: a batch of them is
+        a tight cloud that SIGReg scores as far from Gaussian (10x the training value on slow
+        random-policy data), and the first batches would cover only the first few episodes.
+        """
+        if not self.data.val:
+            return None
+        size = len(self.data.val)
+        sampler = EpochBatches(size, min(256, batch_size, size), seed + 2)  # fixed: epoch 0 every time
+        return self._loader(self.data.val, sampler)
 
     def recalibrate(self, step: int) -> None:
         """Fresh BatchNorm statistics for the weights of ``step`` (once per step; rank 0 only)."""
@@ -425,12 +428,8 @@ class Trainer:
         sampler = EpochBatches(
             len(self.data.train), self.rank_batch, int(train['seed']), self.dist.rank, self.dist.world
         )
-        loader = self._loader(self.data.train, sampler=sampler)
-        self.val_loader = (
-            self._loader(self.data.val, batch_size=min(256, int(cfg['data']['batch_size'])))
-            if self.data.val
-            else None
-        )
+        loader = self._loader(self.data.train, sampler)
+        self.val_loader = self._val_loader(int(cfg['data']['batch_size']), int(train['seed']))
         step, epoch, batch_in_epoch, elapsed_before = 0, 0, 0, 0.0
         self.val_history: list[dict[str, float]] = []
         self._recalibrated_at = -1
