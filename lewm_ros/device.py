@@ -1,6 +1,8 @@
-"""Pick the torch device for inference or training: cuda, then mps, then cpu."""
+"""Pick the torch device for inference or training (cuda, then mps, then cpu) and count CPU cores."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -26,3 +28,11 @@ def resolve_device(name: str = 'auto') -> torch.device:
     if name == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
         raise ValueError("device 'mps' requested but it is not available")
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1

@@ -18,6 +18,7 @@ pytest.importorskip('mujoco')
 pytest.importorskip('h5py')
 
 from lewm_ros.checkpoint import read_metadata  # noqa: E402
+from lewm_ros.sim.two_room import SUCCESS_RADIUS  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.eval_surprise import auroc  # noqa: E402
 from training.evaluate import wilson_interval  # noqa: E402
@@ -69,6 +70,11 @@ def test_eval_runs_closed_loop_and_reports_success_and_timing(workdir: Path) -> 
     assert result['env_id'] == 'lewm/TwoRoom-v0' and result['episodes'] == 3
     assert len(result['success_per_episode']) == 3
     assert result['success_rate'] == sum(result['success_per_episode']) / 3
+    for record, ok in zip(result['episode_states'], result['success_per_episode'], strict=True):
+        assert len(record['start']) == len(record['goal']) == len(record['end']) == 4
+        # an env stops where it succeeded, and a failed one never reached its goal
+        reached = np.linalg.norm(np.subtract(record['end'][:2], record['goal'][:2])) < SUCCESS_RADIUS
+        assert reached == ok, record
     lo, hi = result['success_ci95']
     assert 0 <= lo <= result['success_rate'] <= hi <= 1
     # 15 steps = 3 blocks, re-planning every block: 3 calls for the first batch of 2, 3 for the last

@@ -7,8 +7,10 @@ import pytest
 import torch
 from test_rollout import random_model
 
+from lewm_ros.device import usable_cores
+from lewm_ros.model import ModelConfig, load_preset
 from lewm_ros.planning import BlockHistory, LatentPlanner, PlannerConfig, shift_plan
-from lewm_ros.planning.planner import cpu_has_native_bf16, resolve_dtype
+from lewm_ros.planning.planner import cpu_has_native_bf16, resolve_dtype, resolve_threads
 
 LOW = np.array([-0.2, -1.0], np.float32)
 HIGH = np.array([0.5, 0.3], np.float32)
@@ -176,3 +178,21 @@ def test_rollout_dtype_auto_takes_bf16_only_where_it_is_native() -> None:
     assert resolve_dtype('float32', cpu) == torch.float32 and resolve_dtype('bfloat16', cpu) == torch.bfloat16
     assert resolve_dtype('auto', cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     assert make_planner(dtype='float64').rollout_dtype == torch.float64
+
+
+def test_small_forwards_plan_on_one_cpu_thread_and_large_ones_on_all_cores() -> None:
+    tiny = ModelConfig.from_dict(load_preset('tiny')['model'])  # predictor 4 heads x 32
+    paper = ModelConfig.from_dict(load_preset('paper')['model'])  # 16 heads x 64
+    assert resolve_threads(0, 64, tiny) == 1  # 64 candidates: 10 Hz MPC on a small CPU
+    assert resolve_threads(0, 3000, tiny) == usable_cores()  # 300 candidates x 10 envs
+    assert resolve_threads(0, 64, paper) == usable_cores()
+    assert resolve_threads(3, 64, tiny) == 3  # an explicit count wins
+    before = torch.get_num_threads()
+    try:
+        frames, actions, goal = scene(envs=1, frames=2)
+        make_planner(threads=2).plan(frames, actions, goal)
+        assert torch.get_num_threads() == 2  # applied at plan time (a process-wide setting)
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match='threads must be 0'):
+        PlannerConfig(threads=-1)

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         '--action-dim', type=int, default=2, help='action dimension with --preset (default: 2)'
     )
     parser.add_argument(
-        '--threads', type=int, default=None, help='torch CPU threads (default: all usable cores)'
+        '--threads', type=int, default=0,
+        help='torch CPU threads (default 0: the planner\'s choice, 1 for small predictors, else all cores)'
     )
     parser.add_argument('--seed', type=int, default=0, help='random seed (default: 0)')
     parser.add_argument('--json', action='store_true', help='print one JSON object instead of text')
@@ -152,18 +153,18 @@ def run(args: argparse.Namespace) -> int:
     from lewm_ros.device import resolve_device
     from lewm_ros.model import LeWM, ModelConfig
     from lewm_ros.planning import LatentPlanner, PlannerConfig
-    from training.bench_train import usable_cores
 
     for name in ('samples', 'iters', 'horizon', 'envs', 'plans'):
         if getattr(args, name) < 1:
             raise SystemExit(f'--{name.replace("_", "-")} must be at least 1')
-    torch.set_num_threads(args.threads or usable_cores())
+    if args.threads < 0:
+        raise SystemExit('--threads must be >= 0 (0: the planner chooses)')
     device = resolve_device(args.device)
     elites = args.elites if args.elites is not None else max(2, min(30, args.samples // 2))
     config = PlannerConfig(
         solver=args.solver, samples=args.samples, iterations=args.iters, elites=elites, horizon=args.horizon,
         receding_horizon=1, dtype=args.dtype, rollout=args.rollout, compile=args.compile,
-        cuda_graphs=args.cuda_graphs, device=str(device), seed=args.seed,
+        cuda_graphs=args.cuda_graphs, device=str(device), threads=args.threads, seed=args.seed,
     )  # fmt: skip
     torch.manual_seed(args.seed)
     if args.compare_bfloat16:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
@@ -29,19 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', action='store_true', help='print one JSON object instead of a text line')
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
 def run(args: argparse.Namespace) -> int:
     """Time ``--steps`` full training steps on random clips and report clips/s."""
     import torch
 
-    from lewm_ros.device import resolve_device
+    from lewm_ros.device import resolve_device, usable_cores
     from lewm_ros.model import LeWM, ModelConfig, load_preset
     from training.objective import make_optimizer, training_step
     from training.precision import resolve_precision

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='rollout precision (default: auto)',
     )
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps (default: auto)')
+    parser.add_argument(
+        '--threads', type=int, default=None, help='CPU threads (default: the planner chooses by model size)'
+    )
     parser.add_argument('--seed', type=int, default=0, help='seed of starts, goals and planner (default: 0)')
     parser.add_argument('--json', dest='json_out', default=None, help='write the results to this JSON file')
     parser.add_argument('--plot', default=None, help='write a PNG (success + plan-time histogram)')
@@ -78,6 +81,7 @@ def planner_config_from_args(args: argparse.Namespace, device: str) -> Any:
     for flag, key in (
         ('solver', 'solver'), ('samples', 'samples'), ('iters', 'iterations'), ('elites', 'elites'),
         ('horizon', 'horizon'), ('replan_every', 'receding_horizon'), ('dtype', 'dtype'),
+        ('threads', 'threads'),
     ):  # fmt: skip
         if getattr(args, flag, None) is not None:
             values[key] = getattr(args, flag)
@@ -123,8 +127,13 @@ class StartSource:
         return episode[t0], episode[t0 + self.goal_ahead]
 
 
-def run_batch(planner: Any, envs: list[Any], starts: list[tuple[Any, Any]], budget: int) -> tuple[list, list]:
-    """Run one lockstep batch of episodes; returns (success per env, plan-call timings)."""
+def run_batch(
+    planner: Any, envs: list[Any], starts: list[tuple[Any, Any]], budget: int
+) -> tuple[list, list, list]:
+    """Run one lockstep batch of episodes; returns (success, plan-call timings, end state per env).
+
+    An env stops at its first success, so its end state is where it succeeded.
+    """
     import numpy as np
 
     from lewm_ros.planning import BlockHistory
@@ -163,7 +172,7 @@ def run_batch(planner: Any, envs: list[Any], starts: list[tuple[Any, Any]], budg
                 histories[i].step(action, obs)
                 success[i] = success[i] or bool(info['is_success'])
         steps += min(fs, budget - steps)
-    return success, timings
+    return success, timings, [env.get_state() for env in envs]
 
 
 def plot_results(path: str, summary: dict[str, Any], plan_ms: list[float]) -> None:
@@ -220,13 +229,18 @@ def run(args: argparse.Namespace) -> int:
     starts = StartSource(envs[0], args.seed, args.goal_ahead, args.data)
     successes: list[bool] = []
     timings: list[dict[str, float]] = []
+    episode_states: list[dict[str, list[float]]] = []  # to see where the failures are
     with tqdm(total=args.episodes, desc=f'eval {env_id}', unit='episode') as bar:
         for first in range(0, args.episodes, n_envs):
             batch = list(range(first, min(first + n_envs, args.episodes)))
             batch_starts = [starts(i) for i in batch]
-            ok, t = run_batch(planner, envs[: len(batch)], batch_starts, args.budget)
+            ok, t, ends = run_batch(planner, envs[: len(batch)], batch_starts, args.budget)
             successes.extend(ok)
             timings.extend(t)
+            episode_states.extend(
+                {'start': np.asarray(start).tolist(), 'goal': np.asarray(goal).tolist(), 'end': end.tolist()}
+                for (start, goal), end in zip(batch_starts, ends, strict=True)
+            )
             bar.update(len(batch))
             bar.set_postfix(success=f'{np.mean(successes):.0%}')
     for env in envs:
@@ -243,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         'success_rate': k / n,
         'success_ci95': [lo, hi],
         'success_per_episode': [bool(s) for s in successes],
+        'episode_states': episode_states,
         'plan_calls': len(plan_ms),
         'plan_ms_median': float(np.median(plan_ms)) if plan_ms else None,
         'plan_ms_p90': float(np.percentile(plan_ms, 90)) if plan_ms else None,

@@ -119,7 +119,7 @@ class PlannerNode(Node):
     def _make_planner(self, p: dict[str, Any]) -> LatentPlanner:
         config = PlannerConfig(solver=p['solver'], samples=p['samples'], iterations=p['iterations'],
                                elites=p['elites'], horizon=p['horizon'], receding_horizon=p['replan_every'],
-                               seed=p['seed'])
+                               threads=p['threads'], seed=p['seed'])
         low, high = self._trained_low, self._trained_high
         if p['action_low'] is not None:
             low = np.maximum(low, np.asarray(p['action_low'], np.float64))

@@ -49,5 +49,7 @@ PLANNER_PARAMS = (
               read_only=False, choices=('zero', 'hold')),
     ParamSpec('surprise_threshold', -1.0, "flag frames whose surprise exceeds this; < 0 = the checkpoint's "
               'calibrated threshold (`lewm calibrate`)', read_only=False, low=-1.0, high=1e9),
+    ParamSpec('threads', 0, 'CPU threads for planning; 0 = one for small models (tiny), all cores for '
+              'larger ones', low=0, high=1024),
     ParamSpec('seed', 0, 'seed of the planner\'s random number generator', low=0, high=2**31 - 1),
 )

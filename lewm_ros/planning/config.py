@@ -55,6 +55,9 @@ class PlannerConfig:
     dtype: str = 'auto'
     compile: bool = False
     cuda_graphs: bool = False
+    # CPU threads for planning (a process-wide torch setting); 0 = auto: one thread for small
+    # predictors, whose matrix products are too small to share between threads, all cores otherwise
+    threads: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -88,6 +91,8 @@ class PlannerConfig:
             problems.append(f'icem_keep_elites must be in [0, 1], got {self.icem_keep_elites!r}')
         if not 0 <= self.icem_momentum < 1:
             problems.append(f'icem_momentum must be in [0, 1), got {self.icem_momentum!r}')
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
+            problems.append(f'threads must be 0 (auto) or a positive integer, got {self.threads!r}')
         if self.rollout not in ROLLOUTS:
             problems.append(f'rollout must be one of {ROLLOUTS}, got {self.rollout!r}')
         if self.dtype not in DTYPES:

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lewm_ros.device import resolve_device
-from lewm_ros.model import LeWM, resize_pixels
+from lewm_ros.device import resolve_device, usable_cores
+from lewm_ros.model import LeWM, ModelConfig, resize_pixels
 from lewm_ros.planning.config import PlannerConfig
 from lewm_ros.planning.rollout import CachedRollout, NaiveRollout
 from lewm_ros.planning.solver import make_solver
@@ -55,6 +55,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if device.type == 'cpu' and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+# Below this much work per predictor layer (candidates x width^2) one CPU thread plans faster
+# than several: the matrix products are too small to pay for splitting them. Measured on 2 cores:
+# the tiny preset (width 128) crosses over between 300 and 1000 candidates, `small` (width 256)
+# between 64 and 300 (docs/planning.md, "CPU threads").
+ONE_THREAD_MAX_WORK = 10_000_000
+
+
+def resolve_threads(requested: int, candidates: int, model_config: ModelConfig) -> int:
+    """CPU threads for planning ``candidates`` sequences in one forward: ``requested`` if > 0, else auto."""
+    if requested > 0:
+        return requested
+    width = model_config.predictor_heads * model_config.predictor_head_dim
+    return 1 if candidates * width * width < ONE_THREAD_MAX_WORK else usable_cores()
 
 
 @dataclass
@@ -242,6 +257,7 @@ class LatentPlanner:
         """
         t_start = time.perf_counter()
         cfg = self.config
+        self._set_threads(len(frames) * cfg.samples)
         B, goal_z = self._prepare(frames, executed_actions, goal)
         ids = list(range(B)) if env_ids is None else [int(i) for i in env_ids]
         if len(ids) != B or len(set(ids)) != B:
@@ -362,6 +378,13 @@ class LatentPlanner:
 
     def _embed_actions(self, actions_norm: torch.Tensor) -> torch.Tensor:
         return self.model.embed_actions(actions_norm.to(self._action_dtype))
+
+    def _set_threads(self, candidates: int) -> None:
+        """Apply the CPU thread count for a plan of ``candidates`` sequences (a process-wide setting)."""
+        if self.device.type == 'cpu':
+            threads = resolve_threads(self.config.threads, candidates, self.model.config)
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
 
     def _sync(self) -> None:
         if self.device.type == 'cuda':
