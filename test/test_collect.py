@@ -59,6 +59,19 @@ def test_collect_writes_the_episode_format_with_metadata(tmp_path, capsys):
     env.close()
 
 
+def test_collect_mixed_records_its_expert_share_and_is_all_expert_at_share_one(tmp_path):
+    mixed, expert = tmp_path / 'mixed.h5', tmp_path / 'expert.h5'
+    noiseless = ('--noise', '0', '--goals', 'single')  # no random draws but the mixed policy's own
+    collect(mixed, '--policy', 'mixed', '--expert-fraction', '1.0', *noiseless)
+    collect(expert, *noiseless)
+    with EpisodeFile(mixed) as f:
+        assert f.attrs['policy'] == 'mixed' and f.attrs['expert_fraction'] == 1.0
+    # at share 1 every episode is the expert's
+    np.testing.assert_array_equal(columns(mixed)['actions'], columns(expert)['actions'])
+    with pytest.raises(SystemExit, match='expert-fraction'):
+        collect(tmp_path / 'bad.h5', '--policy', 'mixed', '--expert-fraction', '-0.1')
+
+
 def test_training_dataset_reads_a_collected_file(tmp_path):
     from training.dataset import load_clip_data
 

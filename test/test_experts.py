@@ -50,24 +50,26 @@ def test_random_policy_stays_in_bounds_and_rarely_succeeds(env_id):
     env.close()
 
 
-def test_mixed_policy_alternates_expert_and_random_segments():
+def test_mixed_policy_drives_each_episode_with_one_policy_in_the_asked_proportion():
     env = make_env('lewm/TwoRoom-v0', img_size=32)
-    obs, _ = env.reset(seed=0)
-    policy = make_policy(env, 'mixed', rng=np.random.default_rng(0))
-    assert isinstance(policy, MixedPolicy)
-    clean = make_expert(env)  # noise 0: the mixed policy's expert segments must match it exactly
-    from_expert = []
-    for _ in range(400):
-        expected = clean.act(obs)
-        action = policy.act(obs)
-        assert env.action_space.contains(action.astype(np.float32))
-        from_expert.append(bool(np.allclose(action, expected)))
-        obs, _, _, _, info = env.step(action)
-        if info['is_success']:
-            env.resample_goal(np.random.default_rng(len(from_expert)))
-    switches = int(np.sum(np.diff(from_expert) != 0))
-    assert 0.2 < np.mean(from_expert) < 0.8  # both kinds of segment, neither dominating
-    assert 15 < switches < 70  # mean segment ~10 steps: ~40 switches in 400 steps
+    expert_episodes = 0
+    for episode in range(40):
+        obs, _ = env.reset(seed=episode)
+        policy = make_policy(env, 'mixed', rng=np.random.default_rng(episode), expert_fraction=0.25)
+        assert isinstance(policy, MixedPolicy)
+        clean = make_expert(env)  # noise 0: an expert episode's actions must match it exactly
+        from_expert = []
+        for _ in range(20):
+            expected = clean.act(obs)
+            action = policy.act(obs)
+            assert env.action_space.contains(action.astype(np.float32))
+            from_expert.append(bool(np.allclose(action, expected)))
+            obs, *_ = env.step(action)
+        assert all(from_expert) or not any(from_expert)  # one policy for the whole episode
+        expert_episodes += from_expert[0]
+    assert 4 <= expert_episodes <= 18  # 25 % of 40 = 10
+    with pytest.raises(ValueError, match='expert_fraction'):
+        make_policy(env, 'mixed', expert_fraction=1.5)
     env.close()
 
 

@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 
 # settings that must match for --resume to continue a file
-_RESUME_KEYS = ('env_id', 'policy', 'noise', 'seed', 'episode_steps', 'goals', 'perturb', 'perturb_step')
+_RESUME_KEYS = (
+    'env_id', 'policy', 'noise', 'expert_fraction', 'seed', 'episode_steps', 'goals', 'perturb',
+    'perturb_step',
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,10 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--episodes', type=int, required=True, help='number of episodes in the file')
     parser.add_argument('--out', required=True, help='output HDF5 file (written as <out>.partial until done)')
     parser.add_argument('--policy', choices=('expert', 'random', 'mixed'), default='expert',
-                        help='scripted expert (privileged state), uniform random actions, or mixed: '
-                             'alternating expert and random segments of ~10 steps')
+                        help='scripted expert (privileged state), uniform random actions, or mixed: each '
+                             'episode expert (see --expert-fraction) or random')
     parser.add_argument('--noise', type=float, default=0.0,
                         help='std of Gaussian noise added to the expert actions ([-1, 1] units)')
+    parser.add_argument('--expert-fraction', type=float, default=0.25,
+                        help='with --policy mixed: share of episodes driven by the expert (default 0.25)')
     parser.add_argument('--img-size', type=int, default=224, help='image size in pixels (64 for CPU presets)')
     parser.add_argument('--workers', type=int, default=1, help='worker processes, each with its own renderer')
     parser.add_argument('--seed', type=int, default=0, help='base seed; episode i uses seed + i')
@@ -70,7 +75,8 @@ def collect_episode(env: Any, job: dict[str, Any]) -> dict[str, Any]:
     options = {'perturb': (job['perturb'], job['perturb_step'])} if job['perturb'] else None
     obs, info = env.reset(seed=seed, options=options)
     rng = np.random.default_rng([seed, 1])  # policy noise and new goals; independent of the env's stream
-    policy = make_policy(env, job['policy'], noise=job['noise'], rng=rng)
+    policy = make_policy(env, job['policy'], noise=job['noise'], rng=rng,
+                         expert_fraction=job['expert_fraction'])
     steps = job['steps']
     pixels = np.empty((steps + 1, *obs.shape), np.uint8)
     actions = np.empty((steps, env.action_dim), np.float32)
@@ -136,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f'unknown --env {args.env!r}; choose one of {", ".join(ENV_IDS)}')
     if args.episodes < 1 or args.workers < 1:
         raise SystemExit('--episodes and --workers must be at least 1')
+    if not 0.0 <= args.expert_fraction <= 1.0:
+        raise SystemExit(f'--expert-fraction must be in [0, 1], got {args.expert_fraction}')
     if args.noise < 0:
         raise SystemExit(f'--noise must be >= 0, got {args.noise}')
     if args.steps is not None and args.steps < 1:
@@ -155,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         'env_id': args.env, 'frameskip': env.frameskip, 'control_rate_hz': float(env.control_rate_hz),
         'action_low': env.action_space.low, 'action_high': env.action_space.high,
         'policy': args.policy, 'noise': float(args.noise if args.policy != 'random' else 0.0),
+        'expert_fraction': float(args.expert_fraction if args.policy == 'mixed' else args.policy == 'expert'),
         'seed': int(args.seed), 'episode_steps': steps, 'goals': args.goals,
         'perturb': args.perturb or '', 'perturb_step': int(args.perturb_step if args.perturb else 0),
         'state_dim': env.state_dim, 'collector': 'lewm collect',
@@ -174,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         attrs=attrs, resume=args.resume,
     )
     done = writer.num_episodes
-    jobs = [{'index': i, 'seed': args.seed + i, 'policy': args.policy, 'noise': args.noise, 'steps': steps,
+    jobs = [{'index': i, 'seed': args.seed + i, 'policy': args.policy, 'noise': args.noise,
+             'expert_fraction': args.expert_fraction, 'steps': steps,
              'goals': args.goals, 'perturb': args.perturb, 'perturb_step': args.perturb_step}
             for i in range(done, args.episodes)]
     if done:

@@ -342,43 +342,38 @@ def make_expert(env: MujocoTaskEnv, noise: float = 0.0, rng: Rng = None) -> Scri
 
 
 class MixedPolicy:
-    """Alternating segments of the noisy expert and of uniform random actions.
+    """Per episode, the noisy expert (with probability ``expert_fraction``) or uniform random actions.
 
-    Expert-only data shows long directed moves but a narrow spread of actions (a model trained on
-    it can ignore whatever the expert keeps fixed, e.g. TwoRoom's vertical position); random-only
-    data has the spread but rarely travels far or crosses TwoRoom's door. Segments of each, with
-    geometric lengths of mean ``mean_segment`` steps, give both.
+    Expert-only data shows long directed moves but a narrow spread of situations: a small model
+    trained on it can leave out a coordinate the expert rarely varies (TwoRoom's vertical position).
+    Random-only data has the spread but seldom travels far or crosses TwoRoom's door. A file of
+    mostly random episodes with some expert ones has both. The choice is made once, here: one
+    instance drives one episode (goal changes within it do not re-draw).
     """
 
     def __init__(self, expert: ScriptedExpert, random: RandomPolicy, rng: np.random.Generator,
-                 mean_segment: float = 10.0) -> None:
-        if mean_segment < 1:
-            raise ValueError(f'mean_segment must be >= 1 step, got {mean_segment}')
-        self.expert, self.random, self.rng = expert, random, rng
-        self.switch_probability = 1.0 / mean_segment
-        self.use_expert = True
+                 expert_fraction: float = 0.25) -> None:
+        if not 0.0 <= expert_fraction <= 1.0:
+            raise ValueError(f'expert_fraction must be in [0, 1], got {expert_fraction}')
+        self.expert, self.random = expert, random
+        self.uses_expert = bool(rng.random() < expert_fraction)
 
     def reset(self) -> None:
-        """Start each episode with the expert (which forgets its own memory)."""
+        """A new goal: the expert forgets its per-goal memory; the episode keeps its policy."""
         self.expert.reset()
-        self.use_expert = True
 
     def act(self, obs: np.ndarray | None = None) -> np.ndarray:
-        """The current segment's action; the segment ends with probability 1 / mean_segment."""
-        if self.rng.random() < self.switch_probability:
-            self.use_expert = not self.use_expert
-            if self.use_expert:
-                self.expert.reset()
-        return self.expert.act(obs) if self.use_expert else self.random.act(obs)
+        """This episode's policy's action."""
+        return self.expert.act(obs) if self.uses_expert else self.random.act(obs)
 
 
 POLICIES = ('expert', 'random', 'mixed')
 
 
 def make_policy(
-    env: MujocoTaskEnv, policy: str, noise: float = 0.0, rng: Rng = None
+    env: MujocoTaskEnv, policy: str, noise: float = 0.0, rng: Rng = None, expert_fraction: float = 0.25
 ) -> ScriptedExpert | RandomPolicy | MixedPolicy:
-    """A data-collection policy by name: one of ``POLICIES`` (``noise`` is the expert's)."""
+    """A data-collection policy by name, one of ``POLICIES`` (``noise`` is the expert's)."""
     if policy == 'expert':
         return make_expert(env, noise=noise, rng=rng)
     if policy == 'random':
@@ -386,5 +381,5 @@ def make_policy(
     if policy == 'mixed':
         rng = rng if rng is not None else np.random.default_rng()
         return MixedPolicy(make_expert(env, noise=noise, rng=rng),
-                           RandomPolicy(getattr(env, 'unwrapped', env), rng=rng), rng=rng)
+                           RandomPolicy(getattr(env, 'unwrapped', env), rng=rng), rng, expert_fraction)
     raise ValueError(f'policy must be one of {", ".join(POLICIES)}; got {policy!r}')
