@@ -80,7 +80,8 @@ def roll_episode(env: Any, variant: str, args: argparse.Namespace, index: int, f
     seed = int(np.random.default_rng([args.seed, index]).integers(2**31 - 1))
     options = None if variant == 'normal' else {'perturb': (variant, args.perturb_step)}
     obs, _ = env.reset(seed=seed, options=options)
-    policy = make_policy(env, args.policy, noise=args.noise, rng=np.random.default_rng([args.seed, index, 1]))
+    policy = make_policy(env, args.policy, noise=args.noise, rng=np.random.default_rng([args.seed, index, 1]),
+                         expert_fraction=getattr(args, 'expert_fraction', 0.25))
     goal_rng = np.random.default_rng([args.seed, index, 2])
     frames, actions = [obs], []
     for t in range(args.steps):
@@ -114,6 +115,7 @@ def drive_like_calibration(args: argparse.Namespace, calibration: Any) -> None:
         args.policy = recorded if recorded in ('expert', 'random', 'mixed') else 'expert'
     if args.noise is None:
         args.noise = float(attrs.get('noise', 0.0))
+    args.expert_fraction = float(attrs.get('expert_fraction', 0.25))  # used by --policy mixed
     source = f'like the calibration data {data}' if attrs else 'default'
     print(f'episodes driven by the {args.policy} policy, noise {args.noise:g} ({source})')
 
