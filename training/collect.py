@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         'env_id': args.env, 'frameskip': env.frameskip, 'control_rate_hz': float(env.control_rate_hz),
         'action_low': env.action_space.low, 'action_high': env.action_space.high,
         'policy': args.policy, 'noise': float(args.noise if args.policy != 'random' else 0.0),
-        'expert_fraction': float(args.expert_fraction if args.policy == 'mixed' else args.policy == 'expert'),
+        'expert_fraction': {'expert': 1.0, 'random': 0.0}.get(args.policy, float(args.expert_fraction)),
         'seed': int(args.seed), 'episode_steps': steps, 'goals': args.goals,
         'perturb': args.perturb or '', 'perturb_step': int(args.perturb_step if args.perturb else 0),
         'state_dim': env.state_dim, 'collector': 'lewm collect',

@@ -17,6 +17,7 @@ from typing import Any
 from training.reports import save_figure, write_json
 
 VARIANTS = ('normal', 'teleport', 'recolour')
+POLICIES = ('expert', 'random', 'mixed')  # lewm_ros.sim.experts.POLICIES, without importing mujoco
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         '--policy',
-        choices=('expert', 'random', 'mixed'),
+        choices=POLICIES,
         default=None,
         help="what drives the episodes, as in collect (default: the calibration data's, else expert)",
     )
@@ -81,7 +82,7 @@ def roll_episode(env: Any, variant: str, args: argparse.Namespace, index: int, f
     options = None if variant == 'normal' else {'perturb': (variant, args.perturb_step)}
     obs, _ = env.reset(seed=seed, options=options)
     policy = make_policy(env, args.policy, noise=args.noise, rng=np.random.default_rng([args.seed, index, 1]),
-                         expert_fraction=getattr(args, 'expert_fraction', 0.25))
+                         expert_fraction=args.expert_fraction)
     goal_rng = np.random.default_rng([args.seed, index, 2])
     frames, actions = [obs], []
     for t in range(args.steps):
@@ -112,10 +113,10 @@ def drive_like_calibration(args: argparse.Namespace, calibration: Any) -> None:
             attrs = f.attrs
     if args.policy is None:  # a user's recording (teleop, another robot) names no policy we have
         recorded = str(attrs.get('policy', 'expert'))
-        args.policy = recorded if recorded in ('expert', 'random', 'mixed') else 'expert'
+        args.policy = recorded if recorded in POLICIES else 'expert'
     if args.noise is None:
         args.noise = float(attrs.get('noise', 0.0))
-    args.expert_fraction = float(attrs.get('expert_fraction', 0.25))  # used by --policy mixed
+    args.expert_fraction = attrs.get('expert_fraction')  # for --policy mixed; None: the default share
     source = f'like the calibration data {data}' if attrs else 'default'
     print(f'episodes driven by the {args.policy} policy, noise {args.noise:g} ({source})')
 

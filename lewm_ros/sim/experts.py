@@ -351,8 +351,10 @@ class MixedPolicy:
     instance drives one episode (goal changes within it do not re-draw).
     """
 
+    DEFAULT_EXPERT_FRACTION = 0.25
+
     def __init__(self, expert: ScriptedExpert, random: RandomPolicy, rng: np.random.Generator,
-                 expert_fraction: float = 0.25) -> None:
+                 expert_fraction: float = DEFAULT_EXPERT_FRACTION) -> None:
         if not 0.0 <= expert_fraction <= 1.0:
             raise ValueError(f'expert_fraction must be in [0, 1], got {expert_fraction}')
         self.expert, self.random = expert, random
@@ -371,15 +373,19 @@ POLICIES = ('expert', 'random', 'mixed')
 
 
 def make_policy(
-    env: MujocoTaskEnv, policy: str, noise: float = 0.0, rng: Rng = None, expert_fraction: float = 0.25
+    env: MujocoTaskEnv, policy: str, noise: float = 0.0, rng: Rng = None, expert_fraction: float | None = None
 ) -> ScriptedExpert | RandomPolicy | MixedPolicy:
-    """A data-collection policy by name, one of ``POLICIES`` (``noise`` is the expert's)."""
+    """A data-collection policy by name, one of ``POLICIES`` (``noise`` is the expert's).
+
+    ``expert_fraction`` is for ``'mixed'``; None takes ``MixedPolicy.DEFAULT_EXPERT_FRACTION``.
+    """
     if policy == 'expert':
         return make_expert(env, noise=noise, rng=rng)
     if policy == 'random':
         return RandomPolicy(getattr(env, 'unwrapped', env), rng=rng)
     if policy == 'mixed':
         rng = rng if rng is not None else np.random.default_rng()
+        share = MixedPolicy.DEFAULT_EXPERT_FRACTION if expert_fraction is None else expert_fraction
         return MixedPolicy(make_expert(env, noise=noise, rng=rng),
-                           RandomPolicy(getattr(env, 'unwrapped', env), rng=rng), rng, expert_fraction)
+                           RandomPolicy(getattr(env, 'unwrapped', env), rng=rng), rng, share)
     raise ValueError(f'policy must be one of {", ".join(POLICIES)}; got {policy!r}')
