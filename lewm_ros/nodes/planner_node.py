@@ -91,6 +91,7 @@ class PlannerNode(Node):
         self._flag_active = False
         self.dropped_frames = 0
         self.ticks = 0
+        self.actions_sent = 0
         # Recent figures for benchmarks and the demo: plan time, and frame arrival -> action published.
         self.plan_times_ms: deque[float] = deque(maxlen=1000)
         self.latencies_ms: deque[float] = deque(maxlen=1000)
@@ -248,6 +249,7 @@ class PlannerNode(Node):
                 self.plan_times_ms.append(plan.timing['total_ms'])
         self.action_pub.publish(action_to_message(action, self.params['action_type'],
                                                   self.get_clock().now().to_msg(), self.params['frame_id']))
+        self.actions_sent += 1
         if new_frame and not stale:
             self.latencies_ms.append((time.monotonic() - latest[2]) * 1e3)
         self._last_action = action
