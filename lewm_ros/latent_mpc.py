@@ -82,7 +82,7 @@ class LatentMPC:
             return None
         pixels = resize_pixels(torch.from_numpy(frame).to(self.planner.device), self.model.config.image_size)
         z = self.model.encode(pixels[None, None])[0, 0].float()
-        self.history.observe(pixels.cpu().numpy(), z)
+        self.history.observe(z)
         context = self.history.surprise_context()
         score = None
         if context is not None:
@@ -107,8 +107,8 @@ class LatentMPC:
             return None, None
         plan = None
         if not self._queue:
-            frames, blocks = self.history.planning_context()
-            plan = self.planner.plan(frames[None], blocks[None] if len(blocks) else None, self._goal,
+            embeddings, blocks = self.history.planning_context()
+            plan = self.planner.plan(embeddings[None], blocks[None] if len(blocks) else None, self._goal,
                                      executed_blocks=self.replan_every)
             self.last_plan = plan
             steps = plan.sequence[0, : self.replan_every].reshape(-1, self.action_dim).cpu().numpy()

@@ -17,9 +17,12 @@ import torch
 
 @dataclass
 class Tick:
-    """One control tick: the frame seen, its embedding, and the action executed after it."""
+    """One control tick: the embedding of the frame seen, and the action executed after it.
 
-    frame: np.ndarray
+    Only the embedding is kept: each frame is encoded once, on arrival (its surprise needs it),
+    and plans start from the same embeddings.
+    """
+
     embedding: torch.Tensor
     action: np.ndarray | None = None
 
@@ -38,19 +41,18 @@ class TickHistory:
     def __len__(self) -> int:
         return len(self._ticks)
 
-    def observe(self, frame: np.ndarray, embedding: torch.Tensor) -> None:
-        """Start a tick with its frame (H, W, 3) uint8 and embedding (D,).
+    def observe(self, embedding: torch.Tensor) -> None:
+        """Start a tick with the embedding (D,) of its frame.
 
         A previous tick that never reported its action is taken to have executed a zero command.
         """
         if self._ticks and self._ticks[-1].action is None:
             self._ticks[-1].action = np.zeros(self.action_dim, np.float32)
-        self._ticks.append(Tick(frame, embedding))
+        self._ticks.append(Tick(embedding))
 
     def repeat(self) -> None:
         """Start a tick that saw no new camera frame: the previous frame stands for it."""
-        last = self._ticks[-1]
-        self.observe(last.frame, last.embedding)
+        self.observe(self._ticks[-1].embedding)
 
     def executed(self, action: np.ndarray) -> None:
         """Record the action executed in the current tick (env units)."""
@@ -62,17 +64,17 @@ class TickHistory:
         """Actions of the ``frameskip`` ticks starting at index ``first``."""
         return np.stack([self._ticks[i].action for i in range(first, first + self.frameskip)])
 
-    def planning_context(self) -> tuple[np.ndarray, np.ndarray]:
-        """Frames at ticks t, t - fs, ... (oldest first, at most ``history``) and the blocks between.
+    def planning_context(self) -> tuple[torch.Tensor, np.ndarray]:
+        """Embeddings of ticks t, t - fs, ... (oldest first, at most ``history``) and the blocks between.
 
-        Returns ``frames`` (T, H, W, 3) and ``blocks`` (T - 1, fs, A) for ``LatentPlanner.plan``.
+        Returns ``embeddings`` (T, D) and ``blocks`` (T - 1, fs, A) for ``LatentPlanner.plan``.
         """
         fs, n = self.frameskip, len(self._ticks)
         count = min(self.history, (n - 1) // fs + 1)
         ticks = [n - 1 - fs * (count - 1 - j) for j in range(count)]
-        frames = np.stack([self._ticks[i].frame for i in ticks])
+        embeddings = torch.stack([self._ticks[i].embedding for i in ticks])
         blocks = [self._block(i) for i in ticks[:-1]]
-        return frames, (np.stack(blocks) if blocks else np.zeros((0, fs, self.action_dim), np.float32))
+        return embeddings, (np.stack(blocks) if blocks else np.zeros((0, fs, self.action_dim), np.float32))
 
     def surprise_context(self) -> tuple[torch.Tensor, np.ndarray, torch.Tensor] | None:
         """What predicts the newest frame: earlier embeddings (T, D), their blocks (T, fs, A), target (D,).

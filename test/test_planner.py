@@ -127,6 +127,19 @@ def test_planner_uses_the_whole_history_and_drops_older_frames() -> None:
     assert (changed.cost - full.cost).abs().item() > 1e-7  # float64 rollout: far above rounding
 
 
+def test_planning_from_frame_embeddings_equals_planning_from_frames() -> None:
+    # the ROS node encodes each frame once, on arrival, and plans from the kept embeddings
+    model = planner_model()
+    frames, actions, goal = scene(2, 3, seed=4)
+    from_frames = make_planner(model).plan(frames, actions, goal)
+    embeddings = model.encode(torch.from_numpy(frames))
+    from_embeddings = make_planner(model).plan(embeddings, actions, goal)
+    torch.testing.assert_close(from_embeddings.sequence, from_frames.sequence, atol=0, rtol=0)
+    torch.testing.assert_close(from_embeddings.cost, from_frames.cost, atol=0, rtol=0)
+    with pytest.raises(ValueError, match='frame embeddings must be'):
+        make_planner(model).plan(embeddings[..., :-1], actions, goal)
+
+
 def test_bad_inputs_get_clear_errors() -> None:
     planner = make_planner()
     frames, actions, goal = scene(1, 3)

@@ -3,6 +3,7 @@
 One plan, for B environments at once::
 
     frames            (B, T, H, W, 3) uint8   T <= history frames at block boundaries, current last
+                      (or their embeddings (B, T, D), e.g. kept from earlier ticks: no re-encoding)
     executed_actions  (B, T - 1, fs, A)       env units; block i was executed between frames i, i + 1
     goal              (B, H, W, 3) uint8 image, or (B, D) embedding from encode_goal()
     -> PlanResult     action_block (B, fs, A) env units: the next block to execute
@@ -161,6 +162,7 @@ class LatentPlanner:
             self.low_norm = model.normalize_actions(self.action_low).to(self.dtype)
             self.high_norm = model.normalize_actions(self.action_high).to(self.dtype)
         self._action_dtype = next(model.action_encoder.parameters()).dtype
+        self._encoder_dtype = next(model.encoder.parameters()).dtype
         self.solver = make_solver(self.config)
         rollout_cls = CachedRollout if self.config.rollout == 'cached' else NaiveRollout
         self.rollout_dtype = resolve_dtype(self.config.dtype, self.device)
@@ -247,7 +249,9 @@ class LatentPlanner:
 
         Args:
             frames: (B, T, H, W, 3) uint8, boundary frames oldest first; frames beyond the planner's
-                history are dropped from the front. Resized to the model's size if needed.
+                history are dropped from the front. Resized to the model's size if needed. Or their
+                embeddings (B, T, D) from ``model.encode``: a controller that encoded each frame on
+                arrival (for its surprise score) need not encode it again.
             executed_actions: (B, T - 1, fs, A) or (B, T - 1, fs * A) env units; None when T = 1.
             goal: (B, H, W, 3) uint8 goal images or (B, D) goal embeddings.
             env_ids: warm-start slot of each row (default 0..B-1).
@@ -321,14 +325,21 @@ class LatentPlanner:
     def _prepare(self, frames: Any, executed_actions: Any | None, goal: Any) -> tuple[int, torch.Tensor]:
         """Encode frames and goal, cache the rollout context; returns (B, goal embeddings)."""
         fs, A = self.frameskip, self.action_dim
-        pixels = self._pixels(frames, 'frames')
-        if pixels.dim() != 5:
-            raise ValueError(f'frames must be (B, T, H, W, 3), got {tuple(pixels.shape)}')
-        B, T = pixels.shape[:2]
+        x = _as_tensor(frames, self.device)
+        embedded = x.is_floating_point() and x.dim() == 3
+        if embedded and x.shape[-1] != self.embed_dim:
+            raise ValueError(f'frame embeddings must be (B, T, D={self.embed_dim}), got {tuple(x.shape)}')
+        if not embedded:
+            x = self._pixels(x, 'frames')
+            if x.dim() != 5:
+                raise ValueError(
+                    f'frames must be (B, T, H, W, 3) or embeddings (B, T, D), got {tuple(x.shape)}'
+                )
+        B, T = x.shape[:2]
         acts = self._executed(executed_actions, B, T)
         if T > self.history:
-            pixels, acts, T = pixels[:, -self.history :], acts[:, T - self.history :], self.history
-        z_obs = self.model.encode(pixels)
+            x, acts, T = x[:, -self.history :], acts[:, T - self.history :], self.history
+        z_obs = x.to(self._encoder_dtype) if embedded else self.model.encode(x)
         goal_z = self._goal_embedding(goal, B)
         obs_emb = self._embed_actions(self.model.normalize_actions(acts.reshape(B, T - 1, fs * A)))
         self.rollout.prepare(z_obs, obs_emb, self.config.horizon)
