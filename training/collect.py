@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'episode expert (see --expert-fraction) or random')
     parser.add_argument('--noise', type=float, default=0.0,
                         help='std of Gaussian noise added to the expert actions ([-1, 1] units)')
-    parser.add_argument('--expert-fraction', type=float, default=0.25,
-                        help='with --policy mixed: share of episodes driven by the expert (default 0.25)')
+    parser.add_argument('--expert-fraction', type=float, default=None,
+                        help='with --policy mixed: share of episodes driven by the expert (default: '
+                             'MixedPolicy.DEFAULT_EXPERT_FRACTION, 0.25)')
     parser.add_argument('--img-size', type=int, default=224, help='image size in pixels (64 for CPU presets)')
     parser.add_argument('--workers', type=int, default=1, help='worker processes, each with its own renderer')
     parser.add_argument('--seed', type=int, default=0, help='base seed; episode i uses seed + i')
@@ -136,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lewm_ros.sim import ENV_IDS, make_env
+    from lewm_ros.sim.experts import MixedPolicy
     from training.episodes import EpisodeWriter, partial_path
+
+    if args.expert_fraction is None:
+        args.expert_fraction = MixedPolicy.DEFAULT_EXPERT_FRACTION
 
     if args.env not in ENV_IDS:
         raise SystemExit(f'unknown --env {args.env!r}; choose one of {", ".join(ENV_IDS)}')
