@@ -103,6 +103,7 @@ def build_metadata(
         'provenance': provenance,
         'train_config': train_config,
         'surprise': surprise,
+        'goal_metric': None,  # set by `lewm calibrate` (lewm_ros/planning/goal_metric.py)
     }
 
 

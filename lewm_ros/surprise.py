@@ -128,20 +128,30 @@ def scores_from_embeddings(
 
 
 @torch.no_grad()
+def encode_frames(model: LeWM, frames: Any, chunk: int = 256) -> torch.Tensor:
+    """Embeddings (B, T, D) of uint8 frames (B, T, H, W, 3) of any size, ``chunk`` frames at a time."""
+    device = next(model.parameters()).device
+    pixels = resize_pixels(_tensor(frames).to(device), model.config.image_size)
+    B, T = pixels.shape[:2]
+    flat = pixels.reshape(B * T, 1, *pixels.shape[2:])
+    return torch.cat([model.encode(flat[i : i + chunk]) for i in range(0, B * T, chunk)]).reshape(B, T, -1)
+
+
+@torch.no_grad()
 def surprise_scores(
     model: LeWM, frames: Any, actions: Any, history: int | None = None, chunk: int = 256
 ) -> torch.Tensor:
     """Scores (B, T) of whole sequences, frames encoded ``chunk`` at a time.
 
-    ``frames`` (B, T, H, W, 3) uint8 at block boundaries; ``actions`` (B, T - 1, frameskip, A) env
-    units, the blocks executed between them.
+    ``frames`` (B, T, H, W, 3) uint8 at block boundaries, or their embeddings (B, T, D) from
+    :func:`encode_frames`; ``actions`` (B, T - 1, frameskip, A) env units, the blocks executed
+    between them.
     """
     device = next(model.parameters()).device
-    pixels = resize_pixels(_tensor(frames).to(device), model.config.image_size)
-    B, T = pixels.shape[:2]
+    x = _tensor(frames).to(device)
+    z = x if x.is_floating_point() and x.dim() == 3 else encode_frames(model, x, chunk)
+    B, T = z.shape[:2]
     acts = _tensor(actions).to(device, torch.float32).reshape(B, T - 1, -1)
-    flat = pixels.reshape(B * T, 1, *pixels.shape[2:])
-    z = torch.cat([model.encode(flat[i : i + chunk]) for i in range(0, B * T, chunk)]).reshape(B, T, -1)
     action_emb = model.embed_actions(model.normalize_actions(acts))
     return scores_from_embeddings(model, z, action_emb, history)
 

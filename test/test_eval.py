@@ -17,11 +17,13 @@ import pytest
 pytest.importorskip('mujoco')
 pytest.importorskip('h5py')
 
-from lewm_ros.checkpoint import read_metadata  # noqa: E402
+from lewm_ros.checkpoint import build_metadata, read_metadata, save_checkpoint  # noqa: E402
+from lewm_ros.model import LeWM, ModelConfig  # noqa: E402
+from lewm_ros.planning import LatentPlanner, PlannerConfig  # noqa: E402
 from lewm_ros.sim.two_room import SUCCESS_RADIUS  # noqa: E402
-from training.cli import main  # noqa: E402
+from training.cli import build_parser, main  # noqa: E402
 from training.eval_surprise import auroc  # noqa: E402
-from training.evaluate import wilson_interval  # noqa: E402
+from training.evaluate import planner_config_from_args, wilson_interval  # noqa: E402
 from training.probe import probe_targets, ridge_r2  # noqa: E402
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -43,12 +45,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_calibrate_stores_the_threshold_in_the_checkpoint(workdir: Path, capsys) -> None:
     ckpt = workdir / 'run' / 'final'
-    assert read_metadata(ckpt)['surprise'] is None
+    assert read_metadata(ckpt)['surprise'] is None and read_metadata(ckpt)['goal_metric'] is None
     data = str(workdir / 'tworoom.h5')
     assert main(['calibrate', '--checkpoint', str(ckpt), '--data', data, '--device', 'cpu', '--dry-run',
                  '--json']) == 0  # fmt: skip
     dry = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert dry['written'] is False and read_metadata(ckpt)['surprise'] is None
+    assert read_metadata(ckpt)['goal_metric'] is None
     assert main(['calibrate', '--checkpoint', str(ckpt), '--data', data, '--device', 'cpu',
                  '--quantile', '0.99']) == 0  # fmt: skip
     stored = read_metadata(ckpt)['surprise']
@@ -59,6 +62,15 @@ def test_calibrate_stores_the_threshold_in_the_checkpoint(workdir: Path, capsys)
     assert stored['quantile'] == 0.99 and stored['history'] == 3
     assert stored['mean'] <= stored['threshold'] and stored['std'] > 0
     assert stored == {k: dry[k] for k in stored} | {'quantile': 0.99, 'threshold': stored['threshold']}
+    # the goal metric: one-step changes of the same sequences, a symmetric D x D whitening matrix
+    meta = read_metadata(ckpt)
+    metric = meta['goal_metric']
+    assert metric['kind'] == 'step_whitening' and metric['steps'] == expected_n
+    W = np.array(metric['matrix'])
+    assert W.shape == (meta['embed_dim'], meta['embed_dim']) and np.allclose(W, W.T, atol=1e-5)
+    assert dry['goal_metric']['steps'] == expected_n and 'matrix' not in dry['goal_metric']
+    planner = LatentPlanner.from_checkpoint(ckpt, PlannerConfig(goal_metric='whitened', device='cpu'))
+    np.testing.assert_allclose(planner.metric.numpy(), W, atol=1e-6)
 
 
 def test_eval_runs_closed_loop_and_reports_success_and_timing(workdir: Path) -> None:
@@ -126,6 +138,24 @@ def test_bench_plan_prints_one_json_object(capsys) -> None:
     assert {'encode_ms', 'rollout_ms', 'solver_ms'} <= set(result)
 
 
+def test_eval_flags_override_the_planner_config_file(tmp_path: Path) -> None:
+    settings = tmp_path / 'planner.yaml'
+    settings.write_text('planner:\n  solver: icem\n  samples: 600\n  icem_white_fraction: 0.25\n')
+    argv = ['eval', '--checkpoint', 'unused', '--planner-config', str(settings),
+            '--icem-white-fraction', '0.5', '--goal-cost', 'mean']  # fmt: skip
+    config = planner_config_from_args(build_parser(argv).parse_args(argv), 'cpu')
+    assert (config.solver, config.samples, config.icem_white_fraction) == ('icem', 600, 0.5)
+    assert config.goal_cost == 'mean'
+    assert config.elites == 30 and config.seed == 0 and config.device == 'cpu'
+
+
+def test_eval_explains_a_planner_setting_the_checkpoint_cannot_serve(tmp_path: Path) -> None:
+    model = LeWM(ModelConfig.from_preset('micro', frameskip=5))
+    ckpt = save_checkpoint(tmp_path / 'uncalibrated', model, build_metadata(model, env_id='lewm/TwoRoom-v0'))
+    with pytest.raises(SystemExit, match='run `lewm calibrate'):
+        main(['eval', '--checkpoint', str(ckpt), '--goal-metric', 'whitened', '--device', 'cpu'])
+
+
 def test_auroc_and_wilson_interval_match_hand_computed_values() -> None:
     assert auroc([3, 4], [1, 2]) == 1.0
     assert auroc([1, 2], [3, 4]) == 0.0
@@ -143,6 +173,10 @@ def test_auroc_and_wilson_interval_match_hand_computed_values() -> None:
     lo, hi = wilson_interval(43, 50)
     assert lo == pytest.approx(0.7385, abs=1e-3) and hi == pytest.approx(0.9303, abs=1e-3)
     assert math.isclose(sum(wilson_interval(25, 50)), 1.0)
+    for n in range(1, 201):  # every rate lies inside its interval (100/100 once plotted a negative error bar)
+        for k in (0, n // 3, n):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
 
 
 def test_ridge_probe_scores_what_is_encoded_and_what_is_not() -> None:

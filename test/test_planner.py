@@ -177,6 +177,22 @@ def test_score_gives_the_cost_the_planner_reports_for_its_plan() -> None:
     assert bool((planner.score(frames, actions, goal, zeros)[:, 0] > result.cost).all())
 
 
+def test_mean_goal_cost_averages_the_final_cost_of_every_shorter_horizon() -> None:
+    model = planner_model()
+    frames, actions, goal = scene(2, 3, seed=5)
+    rng = np.random.default_rng(1)
+    sequences = rng.uniform(LOW, HIGH, (2, 4, 3, 3, 2))  # (B, K, horizon 3, frameskip 3, A)
+    mean_cost = make_planner(model, goal_cost='mean').score(frames, actions, goal, sequences)
+    final_costs = [
+        make_planner(model, horizon=h, receding_horizon=1).score(frames, actions, goal, sequences[:, :, :h])
+        for h in (1, 2, 3)
+    ]
+    torch.testing.assert_close(mean_cost, torch.stack(final_costs).mean(0), rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(mean_cost, final_costs[-1]), 'the mean must differ from the final cost'
+    with pytest.raises(ValueError, match='goal_cost'):
+        PlannerConfig(goal_cost='sum')
+
+
 def test_naive_and_cached_rollouts_give_the_same_plan() -> None:
     model = planner_model()
     frames, actions, goal = scene(2, 2, seed=3)

@@ -271,17 +271,20 @@ def test_invalid_parameter_updates_are_rejected_over_the_service(setup) -> None:
         return future.result().results
 
     cases = {'elites': 1000, 'samples': 1, 'safe_action': 'brake', 'action_low': [0.0],
-             'stale_timeout': -1.0, 'device': 'cuda', 'control_rate_hz': 50.0}
+             'stale_timeout': -1.0, 'device': 'cuda', 'control_rate_hz': 50.0, 'icem_white_fraction': 1.5,
+             'goal_cost': 'sum', 'goal_metric': 'whitened'}  # this checkpoint was never calibrated
     for name, value in cases.items():
         (result,) = set_params(**{name: value})
         assert not result.successful, f'{name}={value!r} was accepted'
         assert result.reason, f'no reason given for rejecting {name}'
-    (ok,) = set_params(samples=32, elites=8)[:1]
+    (ok,) = set_params(samples=32, elites=8, icem_white_fraction=0.5, goal_cost='mean')[:1]
     assert ok.successful
     h.goal.publish(image(h.rng))
     h.stream_frames()
     try:
         assert wait_for(lambda: node.mpc.planner.config.samples == 32 and len(h.actions) >= 3, 10.0)
+        assert node.mpc.planner.config.icem_white_fraction == 0.5
+        assert node.mpc.planner.config.goal_cost == 'mean'
     finally:
         h.stop_stream()
 

@@ -79,14 +79,24 @@ def test_cem_finds_the_unconstrained_minimum() -> None:
     assert torch.allclose(result.cost, toy_cost(problem, result.actions.unsqueeze(1))[:, 0])
 
 
-@pytest.mark.parametrize(('name', 'tol'), [('cem', 0.01), ('icem', 0.05), ('mppi', 0.02)])
-def test_solvers_clamp_every_candidate_and_find_the_boxed_minimum(name: str, tol: float) -> None:
+@pytest.mark.parametrize(
+    ('name', 'tol', 'overrides'),
+    [
+        ('cem', 0.01, {}),
+        ('icem', 0.05, {}),
+        ('icem', 0.05, {'icem_white_fraction': 0.5}),
+        ('mppi', 0.02, {}),
+    ],
+)
+def test_solvers_clamp_every_candidate_and_find_the_boxed_minimum(
+    name: str, tol: float, overrides: dict
+) -> None:
     problem = toy_problem(3, seed=4)
     low, high = -0.3, 0.6
     target = exact_minimum(problem, low, high)
     unconstrained = exact_minimum(problem, -1e9, 1e9)
     assert ((unconstrained < low) | (unconstrained > high)).any(), 'the toy must have active bounds'
-    result, seen = run_solver(name, problem, low, high, generators([5, 6, 7]))
+    result, seen = run_solver(name, problem, low, high, generators([5, 6, 7]), **overrides)
     assert all(lo >= low and hi <= high for lo, hi in seen), 'a candidate outside the box was scored'
     assert result.actions.min() >= low and result.actions.max() <= high
     err = (result.actions - target).abs().max().item()
@@ -116,10 +126,23 @@ def test_colored_noise_has_unit_variance_and_the_right_colour() -> None:
     assert abs((white[:, 1:] * white[:, :-1]).mean().item()) < 0.02
 
 
+def test_icem_white_fraction_mixes_smooth_and_white_samples() -> None:
+    solver = make_solver(PlannerConfig(solver='icem', icem_white_fraction=0.25))
+    noise = solver.noise(2, 4000, 25, 2, torch.zeros(()), torch.Generator().manual_seed(0))
+    assert noise.shape == (2, 4000, 25, 2)
+    coloured, white = noise[:, :3000], noise[:, 3000:]
+    for part in (coloured, white):
+        assert abs(part.var().item() - 1.0) < 0.05
+    assert (coloured[:, :, 1:] * coloured[:, :, :-1]).mean().item() > 0.8
+    assert abs((white[:, :, 1:] * white[:, :, :-1]).mean().item()) < 0.03
+
+
 def test_bad_planner_config_is_reported() -> None:
     with pytest.raises(ValueError, match='solver must be one of'):
         PlannerConfig(solver='adam')
     with pytest.raises(ValueError, match='elites'):
         PlannerConfig(samples=10, elites=20)
+    with pytest.raises(ValueError, match='icem_white_fraction'):
+        PlannerConfig(solver='icem', icem_white_fraction=1.5)
     with pytest.raises(ValueError, match='unknown planner config key'):
         PlannerConfig.from_dict({'sample': 3})

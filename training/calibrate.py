@@ -1,10 +1,15 @@
-"""``lewm calibrate``: set a checkpoint's surprise threshold from held-out normal episodes.
+"""``lewm calibrate``: measure on held-out normal episodes what a checkpoint's users need from them.
 
 Every episode of the file is cut into block-boundary sequences (frames ``frameskip`` env steps
-apart, one per phase ``0 .. frameskip - 1``), scored with the surprise monitor's definition
-(latent one-step prediction error from up to ``history`` previous frames and the executed action
-blocks), and the ``--quantile`` of all scores becomes the threshold, stored with the score
-statistics in the checkpoint's ``meta.json`` under ``surprise``.
+apart, one per phase ``0 .. frameskip - 1``). Two things are measured and stored in the
+checkpoint's ``meta.json``:
+
+- ``surprise``: every frame is scored with the surprise monitor's definition (latent one-step
+  prediction error from up to ``history`` previous frames and the executed action blocks), and
+  the ``--quantile`` of all scores becomes the threshold, stored with the score statistics;
+- ``goal_metric``: the covariance of the embedding's one-step changes, as the whitening matrix
+  the planner's ``goal_metric: whitened`` measures goal distances with
+  (``lewm_ros/planning/goal_metric.py``).
 """
 
 from __future__ import annotations
@@ -67,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
 
     from lewm_ros.checkpoint import load_checkpoint, update_metadata
     from lewm_ros.device import resolve_device
-    from lewm_ros.surprise import calibrate, surprise_scores
+    from lewm_ros.planning.goal_metric import (
+        DEFAULT_RIDGE,
+        goal_metric_to_dict,
+        step_covariance,
+        whitening_matrix,
+    )
+    from lewm_ros.surprise import calibrate, encode_frames, surprise_scores
     from training.episodes import EpisodeFile
 
     if not 0.0 < args.quantile < 1.0:
@@ -75,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.checkpoint, resolve_device(args.device))
     fs, A = model.config.frameskip, model.config.action_dim
     phases = args.phases or fs
-    scores = []
+    scores, embeddings = [], []
     with EpisodeFile(args.data) as data, torch.no_grad():
         if data.column('actions').shape[1] != A:
             raise SystemExit(
@@ -90,24 +101,35 @@ def run(args: argparse.Namespace) -> int:
         for index in tqdm(range(count), desc='calibrate', unit='episode'):
             episode = data.episode(index)
             for frames, blocks in episode_sequences(episode['pixels'], episode['actions'], fs, phases):
-                s = surprise_scores(model, frames[None], blocks[None])[0, 1:]
-                scores.append(s.cpu().numpy())
+                z = encode_frames(model, frames[None])
+                scores.append(surprise_scores(model, z, blocks[None])[0, 1:].cpu().numpy())
+                embeddings.append(z[0].float().cpu())
     if not scores:
         raise SystemExit(f'{args.data} has no episode long enough to score (need 2 frames {fs} steps apart)')
     values = np.concatenate(scores)
     calibration = calibrate(values, args.quantile, data=str(args.data), history=model.config.history)
+    covariance, steps = step_covariance(embeddings)
+    metric = goal_metric_to_dict(whitening_matrix(covariance), DEFAULT_RIDGE, steps, str(args.data))
     if not args.dry_run:
         update_metadata(args.checkpoint, 'surprise', calibration.to_dict())
+        update_metadata(args.checkpoint, 'goal_metric', metric)
     if args.json:
+        summary = {k: v for k, v in metric.items() if k != 'matrix'}
         print(
             json.dumps(
-                {**calibration.to_dict(), 'written': not args.dry_run, 'checkpoint': str(args.checkpoint)}
+                {
+                    **calibration.to_dict(),
+                    'goal_metric': summary,
+                    'written': not args.dry_run,
+                    'checkpoint': str(args.checkpoint),
+                }
             )
         )
     else:
         where = 'not written (dry run)' if args.dry_run else f'written to {args.checkpoint}'
         print(
             f'surprise threshold {calibration.threshold:.5g} = {100 * args.quantile:g} % quantile of '
-            f'{calibration.n} normal frames (mean {calibration.mean:.4g}, std {calibration.std:.4g}); {where}'
+            f'{calibration.n} normal frames (mean {calibration.mean:.4g}, std {calibration.std:.4g}); '
+            f'goal metric from {steps} one-step changes; {where}'
         )
     return 0

@@ -43,6 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--elites', type=int, default=None, help='override CEM elites')
     parser.add_argument('--horizon', type=int, default=None, help='override the horizon (blocks)')
     parser.add_argument(
+        '--goal-cost', choices=('final', 'mean'), default=None,
+        help="distance to the goal of the final prediction (the paper's) or its mean over the blocks",
+    )  # fmt: skip
+    parser.add_argument(
+        '--goal-metric', choices=('euclidean', 'whitened'), default=None,
+        help="plain distance to the goal (the paper's), or whitened with what `lewm calibrate` stored",
+    )  # fmt: skip
+    parser.add_argument(
+        '--icem-white-fraction', type=float, default=None,
+        help="iCEM: share of samples with white instead of coloured noise (0 = the paper's iCEM)",
+    )  # fmt: skip
+    parser.add_argument(
         '--dtype',
         choices=('auto', 'float32', 'bfloat16'),
         default=None,
@@ -65,7 +77,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # clipped to contain p: at 0 % or 100 % rounding would otherwise leave p a hair outside
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def planner_config_from_args(args: argparse.Namespace, device: str) -> Any:
@@ -81,7 +94,8 @@ def planner_config_from_args(args: argparse.Namespace, device: str) -> Any:
     for flag, key in (
         ('solver', 'solver'), ('samples', 'samples'), ('iters', 'iterations'), ('elites', 'elites'),
         ('horizon', 'horizon'), ('replan_every', 'receding_horizon'), ('dtype', 'dtype'),
-        ('threads', 'threads'),
+        ('threads', 'threads'), ('icem_white_fraction', 'icem_white_fraction'), ('goal_cost', 'goal_cost'),
+        ('goal_metric', 'goal_metric'),
     ):  # fmt: skip
         if getattr(args, flag, None) is not None:
             values[key] = getattr(args, flag)
@@ -170,7 +184,9 @@ def run_batch(
             for action in block[: budget - steps]:
                 obs, _, _, _, info = envs[i].step(action)
                 histories[i].step(action, obs)
-                success[i] = success[i] or bool(info['is_success'])
+                if info['is_success']:  # stop here: the end state recorded is where it succeeded
+                    success[i] = True
+                    break
         steps += min(fs, budget - steps)
     return success, timings, [env.get_state() for env in envs]
 
@@ -216,8 +232,11 @@ def run(args: argparse.Namespace) -> int:
             f'--env must be one of {", ".join(ENV_IDS)} (the checkpoint says {meta.get("env_id")!r})'
         )
     device = resolve_device(args.device)
-    config = planner_config_from_args(args, str(device))
-    planner = LatentPlanner.from_checkpoint(args.checkpoint, config)
+    try:
+        config = planner_config_from_args(args, str(device))
+        planner = LatentPlanner.from_checkpoint(args.checkpoint, config)
+    except ValueError as err:  # a bad planner setting, or one this checkpoint cannot serve
+        raise SystemExit(f'lewm eval: {err}') from err
     image_size = planner.model.config.image_size
     n_envs = min(args.envs, args.episodes)
     envs = [make_env(env_id, img_size=image_size) for _ in range(n_envs)]

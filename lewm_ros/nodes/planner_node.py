@@ -43,6 +43,7 @@ from lewm_ros.nodes.action_messages import action_message_class, action_to_messa
 from lewm_ros.nodes.parameter_specs import declare, usage, wants_help  # noqa: E402
 from lewm_ros.nodes.planner_params import PLANNER_PARAMS  # noqa: E402
 from lewm_ros.planning.config import PlannerConfig  # noqa: E402
+from lewm_ros.planning.goal_metric import goal_metric_from_meta  # noqa: E402
 from lewm_ros.planning.planner import LatentPlanner  # noqa: E402
 from lewm_ros.surprise import SurpriseReading  # noqa: E402
 
@@ -52,9 +53,18 @@ SUMMARY = ('Plan actions towards a goal image with a LeWM world model, and flag 
            'lewm/surprise/score (std_msgs/Float32)\n'
            'services:   ~/set_goal_from_camera, ~/clear_goal (std_srvs/Trigger)')
 _SPECS = {spec.name: spec for spec in PLANNER_PARAMS}
-_PLANNER_KEYS = ('solver', 'samples', 'iterations', 'elites', 'horizon', 'replan_every', 'seed')
+_PLANNER_KEYS = ('solver', 'samples', 'iterations', 'elites', 'icem_white_fraction', 'goal_cost',
+                 'goal_metric', 'horizon', 'replan_every', 'seed')
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def _planner_config(p: dict[str, Any]) -> PlannerConfig:
+    """The planner settings held in the node's parameters (validated by PlannerConfig)."""
+    return PlannerConfig(solver=p['solver'], samples=p['samples'], iterations=p['iterations'],
+                         elites=p['elites'], icem_white_fraction=p['icem_white_fraction'],
+                         goal_cost=p['goal_cost'], goal_metric=p['goal_metric'], horizon=p['horizon'],
+                         receding_horizon=p['replan_every'], threads=p['threads'], seed=p['seed'])
 
 
 class PlannerNode(Node):
@@ -79,6 +89,7 @@ class PlannerNode(Node):
         check_action_type(p['action_type'], self.action_dim)
         self._trained_low = _bounds(self.meta.get('action_low'), -math.inf, self.action_dim)
         self._trained_high = _bounds(self.meta.get('action_high'), math.inf, self.action_dim)
+        self._goal_metric = goal_metric_from_meta(self.meta, cfg.embed_dim)
         threshold = self._threshold(p['surprise_threshold'])
         self.mpc = LatentMPC(self._make_planner(p), threshold, p['replan_every'])
 
@@ -118,16 +129,14 @@ class PlannerNode(Node):
 
     # -- set-up helpers ---------------------------------------------------------------------------
     def _make_planner(self, p: dict[str, Any]) -> LatentPlanner:
-        config = PlannerConfig(solver=p['solver'], samples=p['samples'], iterations=p['iterations'],
-                               elites=p['elites'], horizon=p['horizon'], receding_horizon=p['replan_every'],
-                               threads=p['threads'], seed=p['seed'])
+        config = _planner_config(p)
         low, high = self._trained_low, self._trained_high
         if p['action_low'] is not None:
             low = np.maximum(low, np.asarray(p['action_low'], np.float64))
         if p['action_high'] is not None:
             high = np.minimum(high, np.asarray(p['action_high'], np.float64))
         self._low, self._high = low, high
-        return LatentPlanner(self.model, config, low, high)
+        return LatentPlanner(self.model, config, low, high, self._goal_metric)
 
     def _threshold(self, parameter: float) -> float | None:
         """The surprise threshold in force: the parameter when >= 0, else the checkpoint's calibration."""
@@ -145,11 +154,12 @@ class PlannerNode(Node):
                 return (f'{name} needs {self.action_dim} values (one per action dimension), '
                         f'got {len(merged[name])}')
         try:
-            PlannerConfig(solver=merged['solver'], samples=merged['samples'], iterations=merged['iterations'],
-                          elites=merged['elites'], horizon=merged['horizon'],
-                          receding_horizon=merged['replan_every'])
+            _planner_config(merged)
         except ValueError as err:
             return str(err)
+        if merged['goal_metric'] == 'whitened' and self._goal_metric is None:
+            return ("goal_metric 'whitened' needs the checkpoint's step covariance: run `lewm calibrate` on "
+                    f"{merged['checkpoint']} first")
         low = self._trained_low if merged['action_low'] is None else merged['action_low']
         high = self._trained_high if merged['action_high'] is None else merged['action_high']
         if np.any(np.asarray(low) >= np.asarray(high)):

@@ -34,6 +34,15 @@ PLANNER_PARAMS = (
     ParamSpec('iterations', 30, 'solver iterations per plan', read_only=False, low=1, high=1000),
     ParamSpec('elites', 30, 'elite candidates refitted per iteration (<= samples)', read_only=False,
               low=1, high=100000),
+    ParamSpec('icem_white_fraction', 0.0, 'icem only: share of samples drawn with white instead of coloured '
+              'noise (0 = the paper\'s iCEM; 0.5 is part of the settings that plan best, docs/planning.md)',
+              read_only=False, low=0.0, high=1.0),
+    ParamSpec('goal_cost', 'final', "distance to the goal embedding of the plan's final prediction (the "
+              'paper), or its mean over every predicted block (plans better, docs/planning.md)',
+              read_only=False, choices=('final', 'mean')),
+    ParamSpec('goal_metric', 'euclidean', 'goal distance: plain squared distance (the paper), or whitened '
+              'by the step covariance `lewm calibrate` stores in the checkpoint (plans better, '
+              'docs/planning.md)', read_only=False, choices=('euclidean', 'whitened')),
     ParamSpec('horizon', 5, 'planning horizon in action blocks (one block = frameskip ticks)',
               low=1, high=100),
     ParamSpec('replan_every', 1, 'blocks executed before re-planning (receding horizon)', read_only=False,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 SOLVERS = ('cem', 'icem', 'mppi')
+GOAL_COSTS = ('final', 'mean')
+GOAL_METRICS = ('euclidean', 'whitened')
 ROLLOUTS = ('cached', 'naive')
 DTYPES = ('auto', 'float32', 'bfloat16', 'float64')
 
@@ -35,16 +37,25 @@ class PlannerConfig:
     min_std: float = 0.0
     warm_start: bool = True
     history: int | None = None
+    # 'final': squared distance of the last predicted embedding to the goal's (the reference);
+    # 'mean': that distance averaged over every predicted block, so plans that get there early and
+    # stay are preferred and the short, accurate predictions count too (docs/planning.md)
+    goal_cost: str = 'final'
+    # 'euclidean': plain squared distance (the reference); 'whitened': in units of typical model
+    # steps, with the step covariance `lewm calibrate` stored in the checkpoint (goal_metric.py)
+    goal_metric: str = 'euclidean'
     # MPPI: weights softmax(-(cost - min) / (temperature * (max - min))): temperature is relative
     # to the spread of the costs in each iteration, so one value works for any embedding scale.
     mppi_temperature: float = 0.1
     mppi_adapt_std: bool = True
     # iCEM (Pinneri et al. 2020): coloured noise exponent over time, population decay per
-    # iteration, share of elites kept for the next iteration, momentum of the mean/std refit.
+    # iteration, share of elites kept for the next iteration, momentum of the mean/std refit, and
+    # (our addition) the share of each iteration's samples drawn with white instead of coloured noise.
     icem_noise_beta: float = 2.0
     icem_population_decay: float = 1.25
     icem_keep_elites: float = 0.3
     icem_momentum: float = 0.1
+    icem_white_fraction: float = 0.0
     # execution: 'naive' recomputes every window for every candidate like the reference (for
     # benchmarks and ablations); 'cached' gives the same numbers faster
     rollout: str = 'cached'
@@ -77,6 +88,10 @@ class PlannerConfig:
                 problems.append(
                     f'receding_horizon ({self.receding_horizon}) cannot exceed horizon ({self.horizon})'
                 )
+        if self.goal_cost not in GOAL_COSTS:
+            problems.append(f'goal_cost must be one of {GOAL_COSTS}, got {self.goal_cost!r}')
+        if self.goal_metric not in GOAL_METRICS:
+            problems.append(f'goal_metric must be one of {GOAL_METRICS}, got {self.goal_metric!r}')
         if self.history is not None and (not isinstance(self.history, int) or self.history < 1):
             problems.append(f'history must be null or a positive integer, got {self.history!r}')
         if not self.init_std > 0:
@@ -89,6 +104,8 @@ class PlannerConfig:
             problems.append(f'icem_population_decay must be >= 1, got {self.icem_population_decay!r}')
         if not 0 <= self.icem_keep_elites <= 1:
             problems.append(f'icem_keep_elites must be in [0, 1], got {self.icem_keep_elites!r}')
+        if not 0 <= self.icem_white_fraction <= 1:
+            problems.append(f'icem_white_fraction must be in [0, 1], got {self.icem_white_fraction!r}')
         if not 0 <= self.icem_momentum < 1:
             problems.append(f'icem_momentum must be in [0, 1), got {self.icem_momentum!r}')
         if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:

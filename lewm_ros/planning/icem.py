@@ -4,6 +4,9 @@ Coloured (1/f^beta) noise over time makes samples smooth action sequences instea
 jitter, the population shrinks by ``icem_population_decay`` per iteration (most of the search
 happens early), a share of the previous elites is re-scored with the new samples, the refit uses
 momentum, and the best sequence ever scored is returned.
+
+Optionally (``icem_white_fraction``) a share of each iteration's samples uses white noise: smooth
+coloured samples explore far (e.g. find a door), white ones fine-tune where the plan stops.
 """
 
 from __future__ import annotations
@@ -57,6 +60,32 @@ class ICEMSolver(Solver):
         size = int(cfg.samples * cfg.icem_population_decay ** (-iteration))
         return min(cfg.samples, max(size, 2 * cfg.elites))
 
+    def noise(
+        self,
+        batch: int,
+        n: int,
+        time_steps: int,
+        action_dim: int,
+        like: torch.Tensor,
+        generator: Generators,
+    ) -> torch.Tensor:
+        """Unit-variance noise (B, n, T, A): coloured, the last ``icem_white_fraction`` of the n white."""
+        cfg = self.config
+        white = int(round(cfg.icem_white_fraction * n))
+        parts = []
+        for count, beta in ((n - white, cfg.icem_noise_beta), (white, 0.0)):
+            if count > 0:
+                parts.append(
+                    colored_noise(
+                        (batch, count, time_steps, action_dim),
+                        beta,
+                        device=like.device,
+                        dtype=like.dtype,
+                        generator=generator,
+                    )
+                )
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
     def solve(
         self,
         cost_fn: CostFn,
@@ -80,13 +109,7 @@ class ICEMSolver(Solver):
         evaluations = 0
         for it in range(cfg.iterations):
             n = self.population(it)
-            noise = colored_noise(
-                (B, n, time_steps, shape[-1]),
-                cfg.icem_noise_beta,
-                device=mean.device,
-                dtype=mean.dtype,
-                generator=generator,
-            ).view(B, n, *shape)
+            noise = self.noise(B, n, time_steps, shape[-1], mean, generator).view(B, n, *shape)
             parts = [torch.addcmul(mean.unsqueeze(1), std.unsqueeze(1), noise)]
             if kept is not None and keep > 0:
                 parts.append(kept)

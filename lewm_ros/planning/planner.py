@@ -31,6 +31,7 @@ import torch
 from lewm_ros.device import resolve_device, usable_cores
 from lewm_ros.model import LeWM, ModelConfig, resize_pixels
 from lewm_ros.planning.config import PlannerConfig
+from lewm_ros.planning.goal_metric import goal_metric_from_meta
 from lewm_ros.planning.rollout import CachedRollout, NaiveRollout
 from lewm_ros.planning.solver import make_solver
 
@@ -117,6 +118,8 @@ class LatentPlanner:
         action_low, action_high: bounds (A,) in env units. Candidates are sampled in normalised
             space and clamped to the normalised box, so every action returned is within them.
             ``None`` leaves that side unbounded.
+        goal_metric: whitening matrix (D, D) for ``config.goal_metric = 'whitened'`` (from
+            ``lewm calibrate``; ``from_checkpoint`` reads it from the checkpoint).
 
     """
 
@@ -126,6 +129,7 @@ class LatentPlanner:
         config: PlannerConfig | None = None,
         action_low: Sequence[float] | torch.Tensor | None = None,
         action_high: Sequence[float] | torch.Tensor | None = None,
+        goal_metric: torch.Tensor | None = None,
     ) -> None:
         self.config = config or PlannerConfig()
         self.model = model.eval()
@@ -161,6 +165,19 @@ class LatentPlanner:
         with torch.no_grad():
             self.low_norm = model.normalize_actions(self.action_low).to(self.dtype)
             self.high_norm = model.normalize_actions(self.action_high).to(self.dtype)
+        self.metric: torch.Tensor | None = None
+        if self.config.goal_metric == 'whitened':
+            if goal_metric is None:
+                raise ValueError(
+                    "goal_metric 'whitened' needs the checkpoint's step covariance: run `lewm calibrate "
+                    "--checkpoint C --data held_out.h5` once, or plan with goal_metric 'euclidean'"
+                )
+            if tuple(goal_metric.shape) != (self.embed_dim, self.embed_dim):
+                raise ValueError(
+                    f'goal_metric must be ({self.embed_dim}, {self.embed_dim}), '
+                    f'got {tuple(goal_metric.shape)}'
+                )
+            self.metric = torch.as_tensor(goal_metric).to(self.device, self.dtype)
         self._action_dtype = next(model.action_encoder.parameters()).dtype
         self._encoder_dtype = next(model.encoder.parameters()).dtype
         self.solver = make_solver(self.config)
@@ -178,7 +195,8 @@ class LatentPlanner:
 
         config = config or PlannerConfig()
         model, meta = load_checkpoint(path, resolve_device(config.device))
-        return cls(model, config, meta.get('action_low'), meta.get('action_high'))
+        metric = goal_metric_from_meta(meta, model.config.embed_dim)
+        return cls(model, config, meta.get('action_low'), meta.get('action_high'), metric)
 
     def _maybe_compile(self, fn):
         cfg = self.config
@@ -346,13 +364,23 @@ class LatentPlanner:
         return B, goal_z
 
     def _costs(self, candidates: torch.Tensor, goal_z: torch.Tensor) -> torch.Tensor:
-        """Normalised candidates (B, N, horizon, fs, A) -> squared distance to the goal (B, N)."""
+        """Normalised candidates (B, N, horizon, fs, A) -> squared distance to the goal (B, N).
+
+        The distance of the final prediction (``goal_cost='final'``) or its mean over the blocks;
+        plain or whitened (``goal_metric``).
+        """
         B, N = candidates.shape[:2]
         emb = self._embed_actions(
             candidates.reshape(B, N, self.config.horizon, self.frameskip * self.action_dim)
         )
-        z_final = self._rollout_fn(emb)
-        return (z_final.to(self.dtype) - goal_z.unsqueeze(1)).square().sum(-1)
+        if self.config.goal_cost == 'final':
+            diff = self._rollout_fn(emb).to(self.dtype) - goal_z.unsqueeze(1)  # (B, N, D)
+        else:
+            diff = self._rollout_fn(emb, return_all=True).to(self.dtype) - goal_z[:, None, None]
+        if self.metric is not None:
+            diff = diff @ self.metric
+        distance = diff.square().sum(-1)
+        return distance if self.config.goal_cost == 'final' else distance.mean(-1)
 
     def _executed(self, executed_actions: Any | None, batch: int, frames: int) -> torch.Tensor:
         B, T = batch, frames
