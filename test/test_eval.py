@@ -71,6 +71,9 @@ def test_calibrate_stores_the_threshold_in_the_checkpoint(workdir: Path, capsys)
     assert dry['goal_metric']['steps'] == expected_n and 'matrix' not in dry['goal_metric']
     planner = LatentPlanner.from_checkpoint(ckpt, PlannerConfig(goal_metric='whitened', device='cpu'))
     np.testing.assert_allclose(planner.metric.numpy(), W, atol=1e-6)
+    capsys.readouterr()
+    assert main(['info', str(ckpt)]) == 0
+    assert f'step_whitening from {expected_n} one-step changes' in capsys.readouterr().out
 
 
 def test_eval_runs_closed_loop_and_reports_success_and_timing(workdir: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -200,6 +202,20 @@ def test_naive_and_cached_rollouts_give_the_same_plan() -> None:
     naive = make_planner(model, rollout='naive').plan(frames, actions, goal)
     torch.testing.assert_close(cached.sequence, naive.sequence, atol=1e-9, rtol=0)
     torch.testing.assert_close(cached.cost, naive.cost, atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ('c++', 'g++', 'clang++')),
+    reason='torch.compile on a CPU needs a C++ compiler',
+)
+def test_compiled_rollout_plans_like_the_eager_one() -> None:
+    # torch.compile (PlannerConfig.compile) must change the speed, not the plan: same noise, same result
+    model = planner_model()
+    frames, actions, goal = scene(1, 3, seed=4)
+    eager = make_planner(model, iterations=2).plan(frames, actions, goal)
+    compiled = make_planner(model, iterations=2, compile=True).plan(frames, actions, goal)
+    torch.testing.assert_close(compiled.sequence, eager.sequence, atol=1e-6, rtol=0)
+    torch.testing.assert_close(compiled.cost, eager.cost, atol=1e-6, rtol=1e-6)
 
 
 def test_rollout_dtype_auto_takes_bf16_only_where_it_is_native() -> None:

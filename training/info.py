@@ -76,5 +76,14 @@ def run(args: argparse.Namespace) -> int:
     lines.append(
         'surprise     ' + ('not calibrated (run lewm calibrate)' if not surprise else json.dumps(surprise))
     )
+    metric = meta.get('goal_metric')
+    lines.append(
+        'goal metric  '
+        + (
+            'not calibrated (run lewm calibrate; needed for goal_metric: whitened)'
+            if not metric
+            else f'{metric["kind"]} from {metric["steps"]} one-step changes of {metric["data"]}'
+        )
+    )
     print('\n'.join(lines))
     return 0
