@@ -73,9 +73,13 @@ def test_whitened_planner_scores_the_distance_through_the_matrix() -> None:
     plain = make(model).score(frames, actions, goal, sequences)
     identity = make(model, torch.eye(D), goal_metric='whitened').score(frames, actions, goal, sequences)
     torch.testing.assert_close(identity, plain, rtol=1e-6, atol=1e-9)
-    scaled = torch.diag(torch.linspace(0.5, 2.0, D))
+    # every direction weighted 2x: every squared distance 4x
+    doubled = make(model, 2 * torch.eye(D), goal_metric='whitened').score(frames, actions, goal, sequences)
+    torch.testing.assert_close(doubled, 4 * plain, rtol=1e-6, atol=1e-9)
+    # weights that differ by direction change the candidates' costs relative to each other
+    scaled = torch.diag(torch.linspace(0.1, 3.0, D))
     weighted = make(model, scaled, goal_metric='whitened').score(frames, actions, goal, sequences)
-    assert not torch.allclose(weighted, plain)
+    assert not torch.allclose(weighted / weighted.sum(-1, keepdim=True), plain / plain.sum(-1, keepdim=True))
     # the matrix is ignored unless asked for
     torch.testing.assert_close(make(model, scaled).score(frames, actions, goal, sequences), plain)
     with pytest.raises(ValueError, match='lewm calibrate'):

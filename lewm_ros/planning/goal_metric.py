@@ -1,8 +1,8 @@
 """A goal distance measured in typical model steps: the embedding whitened by its step covariance.
 
 SIGReg makes the embedding isotropic over the *data*, not over *motion*. On Reacher a 0.05 rad
-shoulder error moves the embedding as far as a 0.4 rad wrist error, so the plain squared distance
-to the goal cannot place the wrist (docs/planning.md). Whitening with the covariance of the change
+shoulder error moves the embedding further than a 0.4 rad wrist error, so the plain squared
+distance to the goal cannot place the wrist (docs/planning.md). Whitening with the covariance of the change
 of the embedding over one model step, measured on normal episodes, weighs every direction by how
 far one step typically moves along it: a joint that moves few pixels counts as much as one that
 moves many. ``lewm calibrate`` measures it and stores it in the checkpoint with the surprise
