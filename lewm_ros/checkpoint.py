@@ -198,14 +198,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def update_metadata(path: str | os.PathLike, key: str, value: Any) -> dict[str, Any]:
-    """Set ``meta[key] = value`` in a checkpoint's ``meta.json`` (atomically) and return the new meta.
+def update_metadata(path: str | os.PathLike, key: str, value: Any, **more: Any) -> dict[str, Any]:
+    """Set ``meta[key] = value`` (and every ``name=value`` of ``more``) in a checkpoint's ``meta.json``.
 
-    For results computed after training, e.g. the surprise calibration
-    ``{threshold, quantile, mean, std, n}``. The weights are not touched.
+    One atomic write, whatever the number of keys; returns the new meta. For results computed
+    after training, e.g. the surprise calibration ``{threshold, quantile, mean, std, n}`` and the
+    goal metric. The weights are not touched.
     """
     meta = read_metadata(path)
-    meta[key] = value
+    meta.update({key: value, **more})
     _write_json_atomic(checkpoint_dir(path) / META_FILE, meta)
     return meta
 

@@ -111,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     covariance, steps = step_covariance(embeddings)
     metric = goal_metric_to_dict(whitening_matrix(covariance), DEFAULT_RIDGE, steps, str(args.data))
     if not args.dry_run:
-        update_metadata(args.checkpoint, 'surprise', calibration.to_dict())
-        update_metadata(args.checkpoint, 'goal_metric', metric)
+        update_metadata(args.checkpoint, 'surprise', calibration.to_dict(), goal_metric=metric)
     if args.json:
         summary = {k: v for k, v in metric.items() if k != 'matrix'}
         print(

@@ -43,7 +43,7 @@ from lewm_ros.nodes.action_messages import action_message_class, action_to_messa
 from lewm_ros.nodes.parameter_specs import declare, usage, wants_help  # noqa: E402
 from lewm_ros.nodes.planner_params import PLANNER_PARAMS  # noqa: E402
 from lewm_ros.planning.config import PlannerConfig  # noqa: E402
-from lewm_ros.planning.goal_metric import goal_metric_from_meta  # noqa: E402
+from lewm_ros.planning.goal_metric import NOT_CALIBRATED, goal_metric_from_meta  # noqa: E402
 from lewm_ros.planning.planner import LatentPlanner  # noqa: E402
 from lewm_ros.surprise import SurpriseReading  # noqa: E402
 
@@ -158,8 +158,7 @@ class PlannerNode(Node):
         except ValueError as err:
             return str(err)
         if merged['goal_metric'] == 'whitened' and self._goal_metric is None:
-            return ("goal_metric 'whitened' needs the checkpoint's step covariance: run `lewm calibrate` on "
-                    f"{merged['checkpoint']} first")
+            return NOT_CALIBRATED
         low = self._trained_low if merged['action_low'] is None else merged['action_low']
         high = self._trained_high if merged['action_high'] is None else merged['action_high']
         if np.any(np.asarray(low) >= np.asarray(high)):

@@ -16,6 +16,12 @@ from typing import Any
 
 import torch
 
+# why goal_metric 'whitened' cannot be used, wherever that is found out (planner, node)
+NOT_CALIBRATED = (
+    "goal_metric 'whitened' needs the checkpoint's step covariance: run `lewm calibrate --checkpoint C "
+    "--data held_out.h5` on it once, or plan with goal_metric 'euclidean'"
+)
+
 # ridge added to every eigenvalue, relative to the largest: directions the data never moves along
 # get a large but finite weight
 DEFAULT_RIDGE = 1e-3

@@ -31,7 +31,7 @@ import torch
 from lewm_ros.device import resolve_device, usable_cores
 from lewm_ros.model import LeWM, ModelConfig, resize_pixels
 from lewm_ros.planning.config import PlannerConfig
-from lewm_ros.planning.goal_metric import goal_metric_from_meta
+from lewm_ros.planning.goal_metric import NOT_CALIBRATED, goal_metric_from_meta
 from lewm_ros.planning.rollout import CachedRollout, NaiveRollout
 from lewm_ros.planning.solver import make_solver
 
@@ -168,10 +168,7 @@ class LatentPlanner:
         self.metric: torch.Tensor | None = None
         if self.config.goal_metric == 'whitened':
             if goal_metric is None:
-                raise ValueError(
-                    "goal_metric 'whitened' needs the checkpoint's step covariance: run `lewm calibrate "
-                    "--checkpoint C --data held_out.h5` once, or plan with goal_metric 'euclidean'"
-                )
+                raise ValueError(NOT_CALIBRATED)
             if tuple(goal_metric.shape) != (self.embed_dim, self.embed_dim):
                 raise ValueError(
                     f'goal_metric must be ({self.embed_dim}, {self.embed_dim}), '
