@@ -14,9 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -26,7 +24,8 @@ from std_srvs.srv import Trigger
 
 from lewm_ros.image_conversion import rgb_to_image_fields
 from lewm_ros.nodes.action_messages import ACTION_TYPES, action_message_class, message_to_action
-from lewm_ros.nodes.parameter_specs import ParamSpec, declare, usage, wants_help
+from lewm_ros.nodes.node_runner import run_node
+from lewm_ros.nodes.parameter_specs import ParamSpec, declare
 from lewm_ros.sim import make_env
 from lewm_ros.sim.eval_protocol import expert_start_and_goal
 
@@ -200,29 +199,10 @@ class SimNode(Node):
         super().destroy_node()
 
 
-
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``ros2 run lewm_ros sim_node``."""
-    argv = sys.argv if args is None else args
-    if wants_help(argv):
-        print(usage('sim_node', SUMMARY, PARAMS, 'services: sim/reset, sim/teleport, sim/recolour '
-                    '(std_srvs/Trigger)'))
-        return 0
-    rclpy.init(args=argv)
-    try:
-        node = SimNode()
-    except (ValueError, FileNotFoundError) as err:
-        print(f'sim_node: {err}', file=sys.stderr)
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Entry point of ``ros2 run lewm_ros sim_node``; exits non-zero when it cannot start."""
+    return run_node(args, 'lewm_sim', SUMMARY, PARAMS, SimNode, (ValueError, FileNotFoundError),
+                    'services: sim/reset, sim/teleport, sim/recolour (std_srvs/Trigger)')
 
 
 if __name__ == '__main__':
