@@ -57,14 +57,15 @@ class LatentMPC:
         """
         self._goal = self.planner.encode_goal(image[None])
         self.history.clear()
-        self._restart_plan()
+        self.restart_plan()
 
     def clear_goal(self) -> None:
         """Stop pursuing the goal; ``act`` returns None until a new one is set."""
         self._goal = None
-        self._restart_plan()
+        self.restart_plan()
 
-    def _restart_plan(self) -> None:
+    def restart_plan(self) -> None:
+        """Drop the queued actions and the warm start: the next tick plans from scratch."""
         self._queue.clear()
         self.planner.reset()
 
@@ -101,15 +102,19 @@ class LatentMPC:
         """Frames still needed before the first surprise score (one block of history)."""
         return self.history.ticks_until_surprise()
 
-    def act(self) -> tuple[np.ndarray | None, PlanResult | None]:
-        """This tick's action (env units) and the plan if one was made; (None, None) without a goal."""
+    def act(self, deadline: float | None = None) -> tuple[np.ndarray | None, PlanResult | None]:
+        """This tick's action (env units) and the plan if one was made; (None, None) without a goal.
+
+        ``deadline`` (a ``time.monotonic()`` instant) bounds a plan made in this tick: the solver
+        starts no iteration after it.
+        """
         if self._goal is None or len(self.history) == 0:
             return None, None
         plan = None
         if not self._queue:
             embeddings, blocks = self.history.planning_context()
             plan = self.planner.plan(embeddings[None], blocks[None] if len(blocks) else None, self._goal,
-                                     executed_blocks=self.replan_every)
+                                     executed_blocks=self.replan_every, deadline=deadline)
             self.last_plan = plan
             steps = plan.sequence[0, : self.replan_every].reshape(-1, self.action_dim).cpu().numpy()
             self._queue.extend(steps.astype(np.float64))

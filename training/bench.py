@@ -1,7 +1,8 @@
 """``lewm bench``: speed benchmarks that print figures (and JSON), one sub-command per workload.
 
-Needs only torch, numpy, pyyaml (and the package itself): no rclpy, mujoco or h5py, so it runs
-side by side with other implementations in any torch environment.
+``train`` and ``plan`` need only torch, numpy, pyyaml (and the package itself): no rclpy, mujoco
+or h5py, so they run side by side with other implementations in any torch environment. ``node``
+runs the planner node over real DDS and needs rclpy.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import importlib
 BENCHMARKS: dict[str, tuple[str, str]] = {
     'train': ('training.bench_train', 'training-step throughput (clips/s) on synthetic batches'),
     'plan': ('training.bench_plan', 'planning time per plan (ms) of the latent planner'),
+    'node': ('training.bench_node', 'planner node against a camera stream: tick rate, latency, CPU'),
 }
 
 

@@ -6,6 +6,7 @@ validated with another. rclpy is imported lazily so the table (and ``--help``) w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,16 +23,25 @@ class ParamSpec:
     choices: tuple[str, ...] = ()
     low: float | None = None
     high: float | None = None
-    array_of: type | None = None  # element type of an array parameter whose default is None (unset)
+    array_of: type | None = None  # element type of an array parameter whose default [] means unset
 
     def check(self, value: Any) -> str | None:
-        """Return why ``value`` is not acceptable, or None when it is."""
+        """Return why ``value`` is not acceptable, or None when it is.
+
+        Arrays are checked element by element whatever their type: rclpy hands ``array.array``
+        to parameter callbacks, not lists.
+        """
         if self.choices and value not in self.choices:
             return f'{self.name} must be one of {list(self.choices)}, got {value!r}'
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        is_array = isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+        values = list(value) if is_array else [value]
         for v in values:
-            if isinstance(v, float) and v != v:
+            if self.array_of is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                return f'{self.name} must be a list of numbers, got {list(values)!r}'
+            if isinstance(v, float) and math.isnan(v):
                 return f'{self.name} must not be NaN'
+            if isinstance(v, float) and (is_array or self.low is not None) and math.isinf(v):
+                return f'{self.name} must be finite, got {v}'
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 if self.low is not None and v < self.low:
                     return f'{self.name} must be >= {self.low}, got {v}'
@@ -49,9 +59,6 @@ def declare(node: Any, specs: Iterable[ParamSpec]) -> dict[str, Any]:
     from rclpy.exceptions import ParameterException
     from rclpy.parameter import Parameter
 
-    array_types = {float: Parameter.Type.DOUBLE_ARRAY, int: Parameter.Type.INTEGER_ARRAY,
-                   str: Parameter.Type.STRING_ARRAY}
-
     values, problems = {}, []
     for spec in specs:
         descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
@@ -63,13 +70,21 @@ def declare(node: Any, specs: Iterable[ParamSpec]) -> dict[str, Any]:
                                                                       to_value=float(spec.high))]
             elif isinstance(spec.default, int) and not isinstance(spec.default, bool):
                 descriptor.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high))]
-        # An array without default is declared by type only: its value stays None until set.
-        default = array_types[spec.array_of] if spec.default is None else spec.default
+        default = spec.default
+        if spec.array_of is not None:
+            # An empty default has no type of its own (rclpy would call it a byte array), so array
+            # parameters are dynamically typed; check() keeps their elements numbers. Declared with
+            # a value, never as NOT_SET, so `ros2 param get/dump` can read every parameter.
+            descriptor.dynamic_typing = True
+            default = list(default)
         try:
             value = node.declare_parameter(spec.name, default, descriptor).value
         except ParameterException as err:  # rclpy's own range/type checks on the override
             problems.append(f'{spec.name}: {err}')
             continue
+        if spec.array_of is not None and value is None:  # `name: []` in a YAML file reads as NOT_SET
+            node.set_parameters([Parameter(spec.name, Parameter.Type.DOUBLE_ARRAY, [])])
+            value = []
         problem = None if value is None else spec.check(value)
         if problem:
             problems.append(problem)
@@ -88,7 +103,7 @@ def usage(executable: str, summary: str, specs: Iterable[ParamSpec], extra: str 
         accepted = (f'; one of {list(spec.choices)}' if spec.choices else
                     f'; range [{spec.low}, {spec.high}]' if has_range else '')
         mode = 'read-only' if spec.read_only else 'dynamic'
-        default = 'unset' if spec.default is None else repr(spec.default)
+        default = repr(list(spec.default)) if spec.array_of is not None else repr(spec.default)
         lines.append(f'  {spec.name} (default {default}; {mode}{accepted})')
         lines.append(f'      {spec.description}')
     if extra:

@@ -1,10 +1,21 @@
 """``planner_node``: camera + goal image in, actions out, and the surprise of every frame.
 
-The ROS edge around ``LatentMPC``: parameters, QoS, message conversions and a control timer.
-Image callbacks only convert and store the latest frame (their own callback group), so frames
-keep arriving while the control timer (a second group) plans; everything that touches the model
-runs in the timer, one tick at a time. Safety: no goal, no actions; a stale camera gets the safe
-action; a malformed image is dropped with a log line.
+The ROS edge around ``LatentMPC``: parameters, QoS, message conversions and the control loop.
+
+Threads. The executor (single-threaded) only moves messages: the camera callback stores the
+latest message and its arrival time, nothing more, so a 30 or 60 Hz camera costs almost
+nothing; goal images, services, parameters and a 1 Hz health timer run there too. The control
+loop is a thread of its own that ticks at ``control_rate_hz`` on the steady clock (or on each new
+frame with ``frame_driven``): it converts the newest frame only (crop and downscale in one step),
+encodes it, scores its surprise, plans when a block starts and publishes one action. Planning in
+an executor callback made the multi-threaded executor spin on the busy timer and starve
+everything else (25 of 100 ticks sent with a 30 Hz camera).
+
+Safety. Every command goes through one ``ActionGate`` (finite, inside the bounds in force, or
+the safe action instead) under one lock: a stale camera, a cleared goal, a planner exception and
+shutdown each send the safe action at once, and no action planned for a goal that has since
+been cleared or replaced is sent. Plans are bounded by ``max_plan_time`` (samples and iterations
+capped at start from a measurement, and a deadline inside the solver).
 """
 
 from __future__ import annotations
@@ -15,7 +26,6 @@ import os
 # waiting starve them (ticks were 20-100x slower on a loaded 2-core machine). Must precede torch.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-import math  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -23,40 +33,52 @@ from collections import deque  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup  # noqa: E402
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from rclpy.qos import (  # noqa: E402
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float32, Float64MultiArray, MultiArrayDimension  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
+from lewm_ros.action_safety import ActionBounds, ActionGate, BoundsError  # noqa: E402
 from lewm_ros.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from lewm_ros.device import resolve_device  # noqa: E402
-from lewm_ros.image_conversion import ImageConversionError, image_msg_to_rgb, resize_square  # noqa: E402
+from lewm_ros.image_conversion import (  # noqa: E402
+    ImageConversionError,
+    compressed_msg_to_square,
+    image_msg_to_square,
+)
 from lewm_ros.latent_mpc import LatentMPC  # noqa: E402
 from lewm_ros.nodes.action_messages import action_message_class, action_to_message, check_action_type  # noqa: E402
-from lewm_ros.nodes.parameter_specs import declare, usage, wants_help  # noqa: E402
+from lewm_ros.nodes.node_runner import run_node  # noqa: E402
+from lewm_ros.nodes.parameter_specs import declare  # noqa: E402
 from lewm_ros.nodes.planner_params import PLANNER_PARAMS  # noqa: E402
+from lewm_ros.planning.budget import PlanCost, fit_to_budget, measure_plan_cost  # noqa: E402
 from lewm_ros.planning.config import PlannerConfig  # noqa: E402
 from lewm_ros.planning.goal_metric import NOT_CALIBRATED, goal_metric_from_meta  # noqa: E402
 from lewm_ros.planning.planner import LatentPlanner  # noqa: E402
 from lewm_ros.surprise import SurpriseReading  # noqa: E402
 
 SUMMARY = ('Plan actions towards a goal image with a LeWM world model, and flag surprising frames.\n'
-           'topics in:  camera/image_raw, lewm/goal_image (sensor_msgs/Image)\n'
+           'topics in:  camera/image_raw (sensor_msgs/Image, or CompressedImage on .../compressed), '
+           'lewm/goal_image (sensor_msgs/Image)\n'
            'topics out: lewm/action, lewm/plan, lewm/surprise (diagnostic_msgs/DiagnosticArray), '
-           'lewm/surprise/score (std_msgs/Float32)\n'
+           'lewm/surprise/score (std_msgs/Float32), /diagnostics (node health)\n'
            'services:   ~/set_goal_from_camera, ~/clear_goal (std_srvs/Trigger)')
 _SPECS = {spec.name: spec for spec in PLANNER_PARAMS}
 _PLANNER_KEYS = ('solver', 'samples', 'iterations', 'elites', 'icem_white_fraction', 'goal_cost',
-                 'goal_metric', 'horizon', 'replan_every', 'seed')
+                 'goal_metric', 'horizon', 'replan_every', 'seed', 'max_plan_time')
+_BOUNDS_KEYS = ('action_low', 'action_high')
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
+FRAME_DRIVEN_PLAN_TIME = 2.0  # auto plan budget when the world waits for each action (lock-step)
 
 
 def _planner_config(p: dict[str, Any]) -> PlannerConfig:
@@ -67,16 +89,30 @@ def _planner_config(p: dict[str, Any]) -> PlannerConfig:
                          receding_horizon=p['replan_every'], threads=p['threads'], seed=p['seed'])
 
 
+def _camera_qos(reliable: bool) -> QoSProfile:
+    """Keep only the newest frame: the control loop never uses an older one."""
+    return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
+                      reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+
+
 class PlannerNode(Node):
     """LeWM planning and surprise monitoring as a ROS 2 node; see the module docstring."""
 
     def __init__(self, context: Any = None, **overrides: Any) -> None:
-        """Load the checkpoint and wire the topics; raises with a clear message when something is wrong.
+        """Load the checkpoint, measure the planner, wire the topics and start the control loop.
 
-        Keyword ``overrides`` set parameters, as ``-p name:=value`` would.
+        Raises with a clear message when something is wrong. Keyword ``overrides`` set parameters,
+        as ``-p name:=value`` would.
         """
         super().__init__('lewm_planner', context=context,
                          parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        try:
+            self._build()
+        except BaseException:
+            super().destroy_node()  # a node that cannot start leaves nothing on the graph
+            raise
+
+    def _build(self) -> None:
         p = declare(self, PLANNER_PARAMS)
         self.params = p
         if not p['checkpoint']:
@@ -87,61 +123,181 @@ class PlannerNode(Node):
         cfg = self.model.config
         self.image_size, self.action_dim = cfg.image_size, cfg.action_dim
         check_action_type(p['action_type'], self.action_dim)
-        self._trained_low = _bounds(self.meta.get('action_low'), -math.inf, self.action_dim)
-        self._trained_high = _bounds(self.meta.get('action_high'), math.inf, self.action_dim)
+        self.bounds = self._resolve_bounds(p)
+        self.gate = ActionGate(self.bounds, p['safe_action'])
         self._goal_metric = goal_metric_from_meta(self.meta, cfg.embed_dim)
-        threshold = self._threshold(p['surprise_threshold'])
-        self.mpc = LatentMPC(self._make_planner(p), threshold, p['replan_every'])
+        if p['goal_metric'] == 'whitened' and self._goal_metric is None:
+            raise ValueError(NOT_CALIBRATED)
+        _planner_config(p)  # a bad combination (elites > samples, ...) stops the node here
+        self.plan_cost: PlanCost = measure_plan_cost(self._planner(_planner_config(p), self.bounds))
+        planner, self.budget_note = self._fitted_planner(p, self.bounds)
+        self.mpc = LatentMPC(planner, self._threshold(p['surprise_threshold']), p['replan_every'])
 
-        self._lock = threading.Lock()  # guards what the image callbacks hand to the timer
-        self._latest: tuple[np.ndarray, Any, float] | None = None  # (frame, stamp, monotonic arrival)
-        self._new_frame = False
-        self._pending_goal: np.ndarray | str | None = None  # image, or 'clear' / 'camera'
+        # Hand-over between the executor (callbacks) and the control thread, under _lock.
+        self._lock = threading.Lock()
+        self._latest_msg: tuple[Any, float] | None = None  # (message, monotonic arrival)
+        self._new_frame = threading.Event()
+        self._pending_goal: np.ndarray | str | None = None  # image, or 'clear'
         self._pending_params: dict[str, Any] = {}
-        self._last_action: np.ndarray | None = None
+        # Everything that publishes an action holds _send_lock; _generation counts goal changes,
+        # so a plan made for a goal that was cleared or replaced meanwhile is never sent.
+        self._send_lock = threading.RLock()
+        self._generation = 0
+        # State of the control thread.
+        self._frame: np.ndarray | None = None
+        self._frame_stamp: Any = None
+        self._frame_arrival: float | None = None
+        self._taken_arrival: float | None = None  # arrival of the newest message the loop has taken
         self._flag_active = False
-        self.dropped_frames = 0
-        self.ticks = 0
-        self.actions_sent = 0
-        # Recent figures for benchmarks and the demo: plan time, and frame arrival -> action published.
+        self._warned: dict[str, float] = {}
+        # Figures for /diagnostics, benchmarks and the demo (plain counters: read without locks).
+        self.ticks = self.missed_ticks = self.actions_sent = self.planner_errors = self.stale_ticks = 0
+        self.safe_actions: dict[str, int] = {}  # safe actions sent, by reason
+        self.frames_received = self.frames_used = 0
+        self.dropped = {'camera': 0, 'goal': 0}
+        self.last_drop_reason = ''
+        self._last_planner_error = -1e9
         self.plan_times_ms: deque[float] = deque(maxlen=1000)
-        self.latencies_ms: deque[float] = deque(maxlen=1000)
+        self.latencies_ms: deque[float] = deque(maxlen=1000)  # frame arrival -> action published
+        self.frame_ages_ms: deque[float] = deque(maxlen=1000)  # age of the frame each tick acted on
+        self._tick_starts: deque[float] = deque(maxlen=2000)
 
-        sensors, control = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, p['camera_topic'], self._on_camera, qos_profile_sensor_data,
-                                 callback_group=sensors)
-        self.create_subscription(Image, p['goal_topic'], self._on_goal, _LATCHED, callback_group=sensors)
-        self.create_service(Trigger, '~/set_goal_from_camera', self._srv_goal_from_camera,
-                            callback_group=sensors)
-        self.create_service(Trigger, '~/clear_goal', self._srv_clear_goal, callback_group=sensors)
+        self._camera_type = Image if p['camera_transport'] == 'raw' else CompressedImage
+        self._camera_topic = (p['camera_topic'] if p['camera_transport'] == 'raw'
+                              else p['camera_topic'].rstrip('/') + '/compressed')
+        self._camera_sub = None
+        self._subscribe_camera(p['camera_qos'] == 'reliable')
+        if p['camera_qos'] == 'auto' and self._publishers_reliable():
+            self._subscribe_camera(True)  # the camera is up already and offers reliable frames
+        self.create_subscription(Image, p['goal_topic'], self._on_goal, _LATCHED)
+        self.create_service(Trigger, '~/set_goal_from_camera', self._srv_goal_from_camera)
+        self.create_service(Trigger, '~/clear_goal', self._srv_clear_goal)
         self.action_pub = self.create_publisher(action_message_class(p['action_type']), p['action_topic'], 10)
         self.plan_pub = self.create_publisher(Float64MultiArray, p['plan_topic'], 10)
         self.surprise_pub = self.create_publisher(DiagnosticArray, p['surprise_topic'], 10)
-        self.score_pub = self.create_publisher(Float32, p['surprise_score_topic'], 10)
+        score_topic = p['surprise_score_topic'] or p['surprise_topic'].rstrip('/') + '/score'
+        self.score_pub = self.create_publisher(Float32, score_topic, 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, p['diagnostics_topic'], 10)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.timer = self.create_timer(1.0 / p['control_rate_hz'], self._on_tick, callback_group=control)
-        self.get_logger().info(
-            f"loaded {p['checkpoint']} ({self.model.num_parameters() / 1e6:.1f} M parameters, "
-            f'{self.image_size} px, frameskip {cfg.frameskip}, history {cfg.history}) on {device}; '
-            f"{p['solver']} {p['samples']}x{p['iterations']}, horizon {p['horizon']} blocks, "
-            f"{p['control_rate_hz']:g} Hz; surprise threshold "
-            f"{'none (run `lewm calibrate`)' if threshold is None else f'{threshold:.4g}'}")
+        self.create_timer(1.0, self._on_health)
+        self._log_start(device, threshold=self.mpc.surprise_threshold)
+
+        self._stop = threading.Event()
+        self._closed = False
+        self._loop = threading.Thread(target=self._control_loop, name='lewm-control', daemon=True)
+        self._loop.start()
 
     # -- set-up helpers ---------------------------------------------------------------------------
-    def _make_planner(self, p: dict[str, Any]) -> LatentPlanner:
-        config = _planner_config(p)
-        low, high = self._trained_low, self._trained_high
-        if p['action_low'] is not None:
-            low = np.maximum(low, np.asarray(p['action_low'], np.float64))
-        if p['action_high'] is not None:
-            high = np.minimum(high, np.asarray(p['action_high'], np.float64))
-        self._low, self._high = low, high
-        return LatentPlanner(self.model, config, low, high, self._goal_metric)
+    def _resolve_bounds(self, p: dict[str, Any]) -> ActionBounds:
+        """The bounds in force for parameters ``p`` (raises ``BoundsError`` with the reason)."""
+        meta = self.meta
+        return ActionBounds.resolve(self.action_dim, meta.get('action_low'), meta.get('action_high'),
+                                    p['action_low'], p['action_high'], p['allow_unbounded_actions'])
+
+    def _planner(self, config: PlannerConfig, bounds: ActionBounds) -> LatentPlanner:
+        return LatentPlanner(self.model, config, bounds.low, bounds.high, self._goal_metric)
+
+    def plan_budget(self, p: dict[str, Any] | None = None) -> float:
+        """Seconds a plan may take with parameters ``p`` (default: those in force)."""
+        p = self.params if p is None else p
+        if p['max_plan_time'] > 0:
+            return float(p['max_plan_time'])
+        return FRAME_DRIVEN_PLAN_TIME if p['frame_driven'] else 0.8 / p['control_rate_hz']
+
+    def _fitted_planner(self, p: dict[str, Any], bounds: ActionBounds) -> tuple[LatentPlanner, str | None]:
+        config, note = fit_to_budget(_planner_config(p), self.plan_cost, self.plan_budget(p))
+        return self._planner(config, bounds), note
 
     def _threshold(self, parameter: float) -> float | None:
         """The surprise threshold in force: the parameter when >= 0, else the checkpoint's calibration."""
         return parameter if parameter >= 0 else (self.meta.get('surprise') or {}).get('threshold')
 
+    def _log_start(self, device: Any, threshold: float | None) -> None:
+        p, cfg, planner = self.params, self.model.config, self.mpc.planner.config
+        log = self.get_logger()
+        log.info(f"loaded {p['checkpoint']} ({self.model.num_parameters() / 1e6:.1f} M parameters, "
+                 f'{self.image_size} px, frameskip {cfg.frameskip}, history {cfg.history}) on {device}; '
+                 f'{planner.solver} {planner.samples}x{planner.iterations}, '
+                 f'horizon {planner.horizon} blocks, '
+                 f"{p['control_rate_hz']:g} Hz{' (frame driven)' if p['frame_driven'] else ''}; "
+                 f'plan budget {self.plan_budget() * 1e3:.0f} ms (measured '
+                 f'{self.plan_cost.seconds(planner.samples, planner.iterations) * 1e3:.0f} ms per plan); '
+                 f'actions within {self.bounds.describe()}, safe action {p["safe_action"]}; '
+                 'surprise threshold '
+                 f"{'none (run `lewm calibrate`)' if threshold is None else f'{threshold:.4g}'}; camera "
+                 f'{self._camera_sub.topic_name} ({p["camera_transport"]}, {self._camera_reliability} QoS)')
+        if self.budget_note:
+            log.warning(self.budget_note)
+        if not self.bounds.bounded:
+            log.warning('allow_unbounded_actions is true and the checkpoint records no bounds: actions are '
+                        'only checked to be finite')
+        zero = np.zeros(self.action_dim)
+        if p['safe_action'] == 'zero' and not self.bounds.contains(zero):
+            log.warning(f'zero lies outside the action bounds {self.bounds.describe()}: the safe action is '
+                        f'{self.bounds.clip(zero).tolist()}')
+
+    # -- camera subscription ------------------------------------------------------------------------
+    def _publishers_reliable(self) -> bool:
+        publishers = self.get_publishers_info_by_topic(self._camera_sub.topic_name)
+        return bool(publishers) and all(
+            info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers)
+
+    def _subscribe_camera(self, reliable: bool) -> None:
+        if self._camera_sub is not None:
+            self.destroy_subscription(self._camera_sub)
+        self._camera_reliability = 'reliable' if reliable else 'best-effort'
+        self._camera_sub = self.create_subscription(self._camera_type, self._camera_topic, self._on_camera,
+                                                    _camera_qos(reliable))
+
+    def _check_camera_input(self, now: float) -> None:
+        """Explain why no frames arrive (and, with camera_qos auto, match the publishers' QoS)."""
+        last = self._latest_msg[1] if self._latest_msg else None
+        if last is not None and now - last < max(2.0, 2 * self.params['stale_timeout']):
+            return
+        topic = self._camera_sub.topic_name
+        publishers = self.get_publishers_info_by_topic(topic)
+        if not publishers:
+            other = topic[:-len('/compressed')] if topic.endswith('/compressed') else topic + '/compressed'
+            hint = (f'; {other} has publishers: set camera_transport accordingly'
+                    if self.get_publishers_info_by_topic(other) else '')
+            self._warn_every('no-publisher', 10.0, f'no camera frames: nothing is published on {topic}{hint}')
+            return
+        ours = self._camera_type.__module__.split('.')[0] + '/msg/' + self._camera_type.__name__
+        wrong = sorted({info.topic_type for info in publishers} - {ours})
+        if wrong:
+            self._warn_every('wrong-type', 10.0, f'camera topic {topic} carries {", ".join(wrong)} but '
+                             f'this node reads {ours}: set camera_transport (raw: sensor_msgs/Image, '
+                             'compressed: sensor_msgs/CompressedImage on <camera_topic>/compressed)')
+            return
+        reliable = [info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers]
+        mode = self.params['camera_qos']
+        if mode == 'auto' and all(reliable) != (self._camera_reliability == 'reliable'):
+            self._subscribe_camera(all(reliable))
+            self.get_logger().info(f'camera_qos auto: {len(publishers)} publisher(s) on {topic}, no frames: '
+                                   f'now subscribing {self._camera_reliability}')
+        elif self._camera_reliability == 'best-effort' and all(reliable):
+            self._warn_every('qos', 10.0, f'{len(publishers)} reliable publisher(s) on {topic} but no frame '
+                             'arrives: large frames sent to a best-effort subscriber are often lost whole; '
+                             'set camera_qos:=reliable (or auto)')
+        elif self._camera_reliability == 'reliable' and not any(reliable):
+            self._warn_every('qos', 10.0, f'the publishers on {topic} are best effort and this node '
+                             'subscribes reliable (incompatible QoS): set camera_qos:=sensor_data (or auto)')
+        else:
+            self._warn_every('no-frames', 10.0, f'{len(publishers)} publisher(s) on {topic} but no frame '
+                             'arrives (check the publisher is running and its QoS)')
+
+    def _warn_every(self, key: str, seconds: float, text: str, level: str = 'warning') -> None:
+        """Log at most once per ``seconds`` for each ``key`` (one shared throttle would hide problems)."""
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) >= seconds:
+            self._warned[key] = now
+            # rclpy ties a severity to each call site: one call per level.
+            if level == 'info':
+                self.get_logger().info(text)
+            else:
+                self.get_logger().warning(text)
+
+    # -- parameters -------------------------------------------------------------------------------
     def _check_update(self, changes: dict[str, Any]) -> str | None:
         """Why the combined parameter values after ``changes`` are unusable, or None."""
         merged = {**self.params, **self._pending_params, **changes}
@@ -149,80 +305,189 @@ class PlannerNode(Node):
             problem = _SPECS[name].check(value) if name in _SPECS and value is not None else None
             if problem:
                 return problem
-        for name in ('action_low', 'action_high'):
-            if merged[name] is not None and len(merged[name]) != self.action_dim:
-                return (f'{name} needs {self.action_dim} values (one per action dimension), '
-                        f'got {len(merged[name])}')
         try:
             _planner_config(merged)
-        except ValueError as err:
+            self._resolve_bounds(merged)
+        except ValueError as err:  # BoundsError is one
             return str(err)
         if merged['goal_metric'] == 'whitened' and self._goal_metric is None:
             return NOT_CALIBRATED
-        low = self._trained_low if merged['action_low'] is None else merged['action_low']
-        high = self._trained_high if merged['action_high'] is None else merged['action_high']
-        if np.any(np.asarray(low) >= np.asarray(high)):
-            return f'action_low {list(low)} must be below action_high {list(high)} in every dimension'
         return None
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         changes = {param.name: param.value for param in params}
+        for name in _BOUNDS_KEYS:
+            if name in changes:
+                changes[name] = [] if changes[name] is None else list(changes[name])
         problem = self._check_update(changes)
         if problem:
             self.get_logger().warning(f'rejected parameter update: {problem}')
             return SetParametersResult(successful=False, reason=problem)
         with self._lock:
-            self._pending_params.update(changes)  # applied by the timer, between two plans
+            self._pending_params.update(changes)  # applied by the control loop, between two plans
         return SetParametersResult(successful=True)
 
-    # -- inputs (sensor callback group: store, never plan) -----------------------------------------
-    def _convert(self, msg: Image, what: str) -> np.ndarray | None:
+    def _apply_params(self, changes: dict[str, Any]) -> None:
+        """Apply accepted parameter changes (control thread). Validated on arrival; kept atomic here."""
+        params = {**self.params, **changes}
         try:
-            return resize_square(image_msg_to_rgb(msg), self.image_size)
+            bounds = self._resolve_bounds(params)
+            gate = ActionGate(bounds, params['safe_action'])
+            rebuild = any(k in changes for k in (*_PLANNER_KEYS, *_BOUNDS_KEYS, 'frame_driven'))
+            planner, note = self._fitted_planner(params, bounds) if rebuild else (None, None)
+        except (ValueError, RuntimeError) as err:  # cannot happen after _check_update; keep the old ones
+            self.get_logger().error(f'parameter update {changes} could not be applied: {err}')
+            return
+        with self._send_lock:
+            gate.last_sent = self.gate.last_sent
+            self.params, self.bounds, self.gate = params, bounds, gate
+        if planner is not None:
+            self.mpc.replace_planner(planner, params['replan_every'])
+            self.budget_note = note
+            if note:
+                self.get_logger().warning(note)
+        if 'surprise_threshold' in changes:
+            self.mpc.surprise_threshold = self._threshold(changes['surprise_threshold'])
+        self.get_logger().info(f'parameters updated: {changes}')
+
+    # -- inputs (executor thread: store, never plan) -------------------------------------------------
+    def _on_camera(self, msg: Any) -> None:
+        with self._lock:
+            self._latest_msg = (msg, time.monotonic())
+            self.frames_received += 1
+        self._new_frame.set()
+
+    def _convert(self, msg: Any, source: str) -> np.ndarray | None:
+        """The frame in ``msg`` at the model's size, or None (counted, logged) when it is malformed."""
+        try:
+            if isinstance(msg, CompressedImage):
+                return compressed_msg_to_square(msg, self.image_size)
+            return image_msg_to_square(msg, self.image_size)
         except ImageConversionError as err:
-            self.dropped_frames += 1
-            self.get_logger().warning(f'dropped {what}: {err}', throttle_duration_sec=1.0)
+            self.dropped[source] += 1
+            self.last_drop_reason = f'{source}: {err}'
+            self._warn_every(f'drop-{source}', 1.0, f'dropped {source} image: {err}')
             return None
 
-    def _on_camera(self, msg: Image) -> None:
-        frame = self._convert(msg, 'camera frame')
-        if frame is not None:
-            with self._lock:
-                self._latest = (frame, msg.header.stamp, time.monotonic())
-                self._new_frame = True
+    @property
+    def dropped_frames(self) -> int:
+        """Camera frames and goal images dropped as malformed."""
+        return sum(self.dropped.values())
 
     def _on_goal(self, msg: Image) -> None:
-        goal = self._convert(msg, 'goal image')
+        goal = self._convert(msg, 'goal')
         if goal is not None:
-            with self._lock:
-                self._pending_goal = goal
+            self._change_goal(goal)
             self.get_logger().info(f'goal image received ({msg.width}x{msg.height} {msg.encoding})')
+
+    def _change_goal(self, goal: np.ndarray | str) -> None:
+        """Hand a new goal (or 'clear') to the control loop; plans for the old one are void from now."""
+        with self._send_lock, self._lock:
+            self._generation += 1
+            self._pending_goal = goal
+        self._new_frame.set()  # frame-driven loops wake up for it
 
     def _srv_goal_from_camera(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
-            have_frame = self._latest is not None
-            if have_frame:
-                self._pending_goal = self._latest[0].copy()
-        response.success = have_frame
-        response.message = 'the current view is the goal' if have_frame else 'no camera frame received yet'
+            latest = self._latest_msg
+        frame = None if latest is None else self._convert(latest[0], 'camera')
+        if frame is not None:
+            self._change_goal(frame)
+        response.success = frame is not None
+        response.message = ('the current view is the goal' if frame is not None else
+                            'no camera frame received yet' if latest is None else
+                            f'the last camera frame is unusable: {self.last_drop_reason}')
         return response
 
     def _srv_clear_goal(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        with self._lock:
-            self._pending_goal = 'clear'
-        response.success, response.message = True, 'goal cleared: no actions until a new goal'
+        with self._send_lock:  # one lock for both: no planned action can slip in between
+            self._change_goal('clear')
+            self._send(None, 'goal cleared')
+        response.success = True
+        response.message = 'goal cleared: safe action sent, no actions until a new goal'
         return response
 
-    # -- control (timer callback group) ------------------------------------------------------------
-    def _on_tick(self) -> None:
+    # -- output gate (every action goes through here) ----------------------------------------------------
+    def _send(self, action: np.ndarray | None, why: str, generation: int | None = None) -> np.ndarray | None:
+        """Publish ``action`` through the gate (None: the safe action, sent because of ``why``).
+
+        Returns what was sent, or None when nothing was. ``generation``: the goal generation the
+        action was planned for; a plan for a goal that was cleared or replaced since is not sent.
+        """
+        with self._send_lock:
+            if generation is not None and generation != self._generation:
+                return None
+            sent, problem = self.gate.gate(action)
+            if problem:
+                self.get_logger().error(f'refused to send the planned action ({problem}): sending the safe '
+                                        'action instead')
+            stamp = self.get_clock().now().to_msg()
+            self.action_pub.publish(action_to_message(sent, self.params['action_type'], stamp,
+                                                      self.params['frame_id']))
+            self.actions_sent += 1
+            if action is None or problem:
+                reason = 'refused plan' if problem else why
+                self.safe_actions[reason] = self.safe_actions.get(reason, 0) + 1
+            return sent
+
+    # -- control loop (its own thread) ---------------------------------------------------------------
+    def _control_loop(self) -> None:
+        period = 1.0 / self.params['control_rate_hz']
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            if self.params['frame_driven']:
+                self._new_frame.wait(timeout=period)  # a lock-step world answers each action with a frame
+                self._new_frame.clear()
+            else:
+                delay = next_tick - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+            if self._stop.is_set():
+                break
+            self._tick_safely()
+            if not self.params['frame_driven']:
+                next_tick += period
+                now = time.monotonic()
+                while now - next_tick > 0.5 * period:  # overran: skip the ticks that are past, no burst
+                    next_tick += period
+                    self.missed_ticks += 1
+
+    def _tick_safely(self) -> None:
+        """One tick; any exception is logged, answered with the safe action, and the loop goes on."""
+        try:
+            self._tick()
+        except Exception as err:  # noqa: BLE001 - the control loop must survive anything
+            self.planner_errors += 1
+            self._last_planner_error = time.monotonic()
+            self.get_logger().error(f'control tick failed ({type(err).__name__}: {err}): sending the safe '
+                                    'action', throttle_duration_sec=1.0)
+            try:
+                self.mpc.restart_plan()
+                self.mpc.executed(self._send(None, 'tick failed'))
+            except Exception as again:  # noqa: BLE001
+                self.get_logger().error(f'could not send the safe action: {again}', throttle_duration_sec=1.0)
+
+    def _tick(self) -> None:
+        start = time.monotonic()
         self.ticks += 1
+        self._tick_starts.append(start)
         with self._lock:
-            latest, new_frame, goal, changes = self._latest, self._new_frame, self._pending_goal, \
-                self._pending_params
-            self._new_frame, self._pending_goal, self._pending_params = False, None, {}
+            latest, goal, changes, generation = (self._latest_msg, self._pending_goal, self._pending_params,
+                                                 self._generation)
+            self._pending_goal, self._pending_params = None, {}
+            if latest is not None and latest[1] == self._taken_arrival:
+                latest = None  # nothing new since the last tick
+            elif latest is not None:
+                self._taken_arrival = latest[1]
         if changes:
             self._apply_params(changes)
-        if self.params['frame_driven'] and not new_frame and goal is None:
+        frame = None
+        if latest is not None:
+            frame = self._convert(latest[0], 'camera')
+            if frame is not None:
+                self._frame, self._frame_stamp, self._frame_arrival = frame, latest[0].header.stamp, latest[1]
+                self.frames_used += 1
+        if self.params['frame_driven'] and frame is None and goal is None:
             # Lock-step: the world moves only when we act, so a tick without a new frame is not a
             # time step (counting it would misalign the history with the simulator's steps).
             return
@@ -230,52 +495,44 @@ class PlannerNode(Node):
             self.mpc.set_goal(goal)
         elif goal == 'clear':
             self.mpc.clear_goal()
-        if latest is not None:
-            reading = self.mpc.observe(latest[0] if new_frame else None)
+        if self._frame is not None:
+            reading = self.mpc.observe(frame)
             if reading is not None:
-                self._publish_surprise(reading, latest[1])
+                self._publish_surprise(reading, self._frame_stamp)
         if not self.mpc.has_goal:
-            self.get_logger().info(f"no goal: not acting (publish an image on {self.params['goal_topic']} or "
-                                   'call ~/set_goal_from_camera)', throttle_duration_sec=5.0)
+            self._warn_every('no-goal', 5.0, 'no goal: not acting (publish an image on '
+                             f"{self.params['goal_topic']} or call ~/set_goal_from_camera)", level='info')
             self.mpc.executed(None)
             return
-        stale = latest is None or time.monotonic() - latest[2] > self.params['stale_timeout']
-        if stale:
-            action = self._safe_action()
-            self.get_logger().warning(
-                f"camera stale (no frame for more than {self.params['stale_timeout']} s): sending the "
-                f"safe action ({self.params['safe_action']})", throttle_duration_sec=2.0)
-        else:
-            action, plan = self.mpc.act()
-            if action is None:  # the goal just changed and no frame of the new episode arrived yet
-                self.mpc.executed(None)
-                return
-            # The planner clamps in float32; clamp again in the float64 we publish, so a bound of
-            # 0.3 is never exceeded by a rounding error.
-            action = np.clip(action, self._low, self._high)
-            if plan is not None:
-                self._publish_plan(plan.sequence[0].cpu().numpy())
-                self.plan_times_ms.append(plan.timing['total_ms'])
-        self.action_pub.publish(action_to_message(action, self.params['action_type'],
-                                                  self.get_clock().now().to_msg(), self.params['frame_id']))
-        self.actions_sent += 1
-        if new_frame and not stale:
-            self.latencies_ms.append((time.monotonic() - latest[2]) * 1e3)
-        self._last_action = action
-        self.mpc.executed(action)
-
-    def _safe_action(self) -> np.ndarray:
-        if self.params['safe_action'] == 'hold' and self._last_action is not None:
-            return self._last_action
-        return np.zeros(self.action_dim)
-
-    def _apply_params(self, changes: dict[str, Any]) -> None:
-        self.params.update(changes)
-        if any(k in changes for k in (*_PLANNER_KEYS, 'action_low', 'action_high')):
-            self.mpc.replace_planner(self._make_planner(self.params), self.params['replan_every'])
-        if 'surprise_threshold' in changes:
-            self.mpc.surprise_threshold = self._threshold(changes['surprise_threshold'])
-        self.get_logger().info(f'parameters updated: {changes}')
+        age = None if self._frame_arrival is None else start - self._frame_arrival
+        if age is None or age > self.params['stale_timeout']:
+            self.stale_ticks += 1
+            self._warn_every('stale', 2.0, 'camera stale (no frame for more than '
+                             f"{self.params['stale_timeout']} s): sending the safe action "
+                             f"({self.params['safe_action']})")
+            self.mpc.executed(self._send(None, 'camera stale'))
+            return
+        self.frame_ages_ms.append(age * 1e3)
+        try:
+            action, plan = self.mpc.act(deadline=start + self.plan_budget())
+        except Exception as err:  # noqa: BLE001 - a failed plan must not take the node down
+            self.planner_errors += 1
+            self._last_planner_error = time.monotonic()
+            self.get_logger().error(f'planning failed ({type(err).__name__}: {err}): sending the safe action',
+                                    throttle_duration_sec=1.0)
+            self.mpc.restart_plan()
+            self.mpc.executed(self._send(None, 'planning failed'))
+            return
+        if action is None:  # the goal just changed and no frame of the new episode arrived yet
+            self.mpc.executed(None)
+            return
+        if plan is not None:
+            self._publish_plan(plan.sequence[0].cpu().numpy())
+            self.plan_times_ms.append(plan.timing['total_ms'])
+        sent = self._send(action, 'planned', generation)
+        if sent is not None and frame is not None:
+            self.latencies_ms.append((time.monotonic() - self._frame_arrival) * 1e3)
+        self.mpc.executed(sent)
 
     # -- outputs ----------------------------------------------------------------------------------
     def _publish_surprise(self, reading: SurpriseReading, stamp: Any) -> None:
@@ -312,35 +569,87 @@ class PlannerNode(Node):
             dim.stride = int(np.prod(sequence.shape[i:]))
         self.plan_pub.publish(msg)
 
+    # -- health (executor thread, 1 Hz) -------------------------------------------------------------------
+    def health(self) -> dict[str, float | int | str]:
+        """The node's figures over the last few seconds: what /diagnostics reports."""
+        now = time.monotonic()
+        starts = [t for t in list(self._tick_starts) if now - t <= 5.0]
+        rate = (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 2 else 0.0
 
-def _bounds(values: list[float] | None, fill: float, dim: int) -> np.ndarray:
-    return np.full(dim, fill) if values is None else np.asarray(values, np.float64)
+        def pct(values: deque[float], q: float) -> float:
+            recent = list(values)[-200:]
+            return float(np.percentile(recent, q)) if recent else float('nan')
+
+        planner = self.mpc.planner.config
+        return {
+            'tick_rate_hz': round(rate, 2), 'control_rate_hz': self.params['control_rate_hz'],
+            'ticks': self.ticks, 'missed_ticks': self.missed_ticks,
+            'plan_ms_median': round(pct(self.plan_times_ms, 50), 2),
+            'plan_ms_p99': round(pct(self.plan_times_ms, 99), 2),
+            'plan_budget_ms': round(self.plan_budget() * 1e3, 1),
+            'planner': f'{planner.solver} {planner.samples}x{planner.iterations}',
+            'frame_age_ms_median': round(pct(self.frame_ages_ms, 50), 2),
+            'frame_to_action_ms_p99': round(pct(self.latencies_ms, 99), 2),
+            'frames_received': self.frames_received, 'frames_used': self.frames_used,
+            'frames_superseded': max(0, self.frames_received - self.frames_used - self.dropped['camera']),
+            'dropped_camera': self.dropped['camera'], 'dropped_goal': self.dropped['goal'],
+            'last_drop_reason': self.last_drop_reason, 'stale_ticks': self.stale_ticks,
+            'actions_sent': self.actions_sent, 'safe_actions_sent': sum(self.safe_actions.values()),
+            **{f'safe_actions_{k.replace(" ", "_")}': v for k, v in sorted(self.safe_actions.items())},
+            'planner_errors': self.planner_errors, 'camera_qos': self._camera_reliability,
+        }
+
+    def _on_health(self) -> None:
+        now = time.monotonic()
+        self._check_camera_input(now)
+        figures = self.health()
+        status = DiagnosticStatus(name=f'{self.get_name()}: control loop',
+                                  hardware_id=self.get_fully_qualified_name())
+        rate, wanted = figures['tick_rate_hz'], self.params['control_rate_hz']
+        if now - self._last_planner_error < 5.0:
+            status.level, status.message = DiagnosticStatus.ERROR, 'planning failed: sending the safe action'
+        elif self._frame_arrival is None or now - self._frame_arrival > self.params['stale_timeout']:
+            status.level, status.message = DiagnosticStatus.WARN, 'camera stale'
+        elif not self.params['frame_driven'] and rate < 0.9 * wanted:
+            status.level, status.message = DiagnosticStatus.WARN, f'ticking at {rate:.1f} Hz of {wanted:g}'
+        else:
+            status.level, status.message = DiagnosticStatus.OK, 'ok'
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in figures.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(msg)
+
+    # -- shutdown -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the control loop and send the safe action (a driver that holds the last command stops)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._new_frame.set()
+        self._loop.join(timeout=self.plan_budget() + 5.0)
+        if self.actions_sent:
+            self._send(None, 'shutdown')
+            self.action_pub.wait_for_all_acked(timeout=rclpy_duration(1.0))
+
+    def destroy_node(self) -> None:
+        """Close (safe action out) before the publishers go away."""
+        if hasattr(self, '_loop'):  # a node whose construction failed has no loop
+            self.close()
+        super().destroy_node()
+
+
+def rclpy_duration(seconds: float) -> Any:
+    """An ``rclpy.duration.Duration`` of ``seconds``."""
+    from rclpy.duration import Duration
+
+    return Duration(nanoseconds=int(seconds * 1e9))
 
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run lewm_ros planner_node``; exits non-zero when it cannot start."""
-    argv = sys.argv if args is None else args
-    if wants_help(argv):
-        print(usage('planner_node', SUMMARY, PLANNER_PARAMS))
-        return 0
-    rclpy.init(args=argv)
-    try:
-        node = PlannerNode()
-    except (ValueError, CheckpointError, FileNotFoundError) as err:
-        rclpy.logging.get_logger('lewm_planner').fatal(f'cannot start: {err}')
-        rclpy.try_shutdown()
-        return 1
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(args, 'lewm_planner', SUMMARY, PLANNER_PARAMS, PlannerNode,
+                    (ValueError, CheckpointError, FileNotFoundError, BoundsError))
 
 
 if __name__ == '__main__':

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from lewm_ros.action_safety import SAFE_ACTIONS
 from lewm_ros.nodes.action_messages import ACTION_TYPES
 from lewm_ros.nodes.parameter_specs import ParamSpec
 
-SOLVERS = ('cem', 'icem', 'mppi')
+SOLVERS = ('cem', 'icem', 'mppi')  # = lewm_ros.planning.config.SOLVERS, which would import torch here
+CAMERA_TRANSPORTS = ('raw', 'compressed')
+CAMERA_QOS = ('auto', 'sensor_data', 'reliable')
 
 PLANNER_PARAMS = (
     ParamSpec('checkpoint', '', 'LeWM checkpoint directory written by `lewm train` (required)'),
     ParamSpec('device', 'auto', 'torch device for the model: auto picks cuda, then mps, then cpu',
               choices=('auto', 'cpu', 'cuda', 'mps')),
-    ParamSpec('camera_topic', 'camera/image_raw', 'camera input (sensor_msgs/Image, sensor-data QoS)'),
+    ParamSpec('camera_topic', 'camera/image_raw', 'camera input (sensor_msgs/Image; with camera_transport '
+              'compressed, sensor_msgs/CompressedImage on <camera_topic>/compressed)'),
+    ParamSpec('camera_transport', 'raw', 'raw: sensor_msgs/Image; compressed: sensor_msgs/CompressedImage '
+              '(jpeg or png) on <camera_topic>/compressed, as image_transport publishes it',
+              choices=CAMERA_TRANSPORTS),
+    ParamSpec('camera_qos', 'auto', 'camera subscription reliability. sensor_data: best effort (drops late '
+              'frames; large frames from a reliable publisher can be lost whole); reliable; auto: match the '
+              'publishers (reliable when all of them are, checked at start and whenever frames stop '
+              'arriving)', choices=CAMERA_QOS),
     ParamSpec('goal_topic', 'lewm/goal_image', 'goal image input (sensor_msgs/Image, reliable + transient '
               'local, depth 1)'),
     ParamSpec('action_topic', 'lewm/action', 'next action output, env units'),
@@ -21,7 +32,10 @@ PLANNER_PARAMS = (
               'layout horizon x frameskip x action_dim) for debugging'),
     ParamSpec('surprise_topic', 'lewm/surprise',
               'surprise of each new frame (diagnostic_msgs/DiagnosticArray)'),
-    ParamSpec('surprise_score_topic', 'lewm/surprise/score', 'bare surprise score (std_msgs/Float32)'),
+    ParamSpec('surprise_score_topic', '', "bare surprise score (std_msgs/Float32); '' = "
+              '<surprise_topic>/score'),
+    ParamSpec('diagnostics_topic', '/diagnostics', 'node health (diagnostic_msgs/DiagnosticArray, 1 Hz): '
+              'tick rate, missed ticks, plan time, frame age, dropped frames by reason'),
     ParamSpec('frame_id', 'base_link', 'frame_id of TwistStamped actions'),
     ParamSpec('control_rate_hz', 10.0, 'control timer rate: one action per tick; the model step is '
               'frameskip ticks', low=0.1, high=1000.0),
@@ -47,15 +61,23 @@ PLANNER_PARAMS = (
               low=1, high=100),
     ParamSpec('replan_every', 1, 'blocks executed before re-planning (receding horizon)', read_only=False,
               low=1, high=100),
-    ParamSpec('action_low', None, "lower action bounds in env units, one per action dim; unset = the "
-              "checkpoint's bounds (tighter bounds only: planning never leaves the trained range)",
-              read_only=False, array_of=float),
-    ParamSpec('action_high', None, 'upper action bounds in env units; see action_low', read_only=False,
+    ParamSpec('action_low', [], "lower action bounds in env units, one per action dim; [] = the "
+              "checkpoint's bounds (tighter bounds only: planning never leaves the trained range). Updated "
+              'at run time only if the pair stays non-empty', read_only=False, array_of=float),
+    ParamSpec('action_high', [], 'upper action bounds in env units; see action_low', read_only=False,
               array_of=float),
+    ParamSpec('allow_unbounded_actions', False, 'a checkpoint that records no action bounds is refused '
+              'unless action_low/action_high are given, or this is true (then actions are only checked '
+              'to be finite)'),
+    ParamSpec('max_plan_time', 0.0, 'seconds one plan may take; 0 = auto: 80 % of a control period '
+              '(frame_driven: 2 s, the world waits). Samples and iterations are capped at start to fit, '
+              'from a measurement of this machine, and no solver iteration starts past it', read_only=False,
+              low=0.0, high=600.0),
     ParamSpec('stale_timeout', 0.5, 'seconds without a camera frame before the safe action is sent',
               read_only=False, low=0.0, high=3600.0),
-    ParamSpec('safe_action', 'zero', 'what to send while the camera is stale: zero, or hold the last action',
-              read_only=False, choices=('zero', 'hold')),
+    ParamSpec('safe_action', 'zero', 'what to send when the camera is stale, the goal is cleared, a plan '
+              'fails, or the node stops: zero, or hold the last action (always clipped to the bounds)',
+              read_only=False, choices=SAFE_ACTIONS),
     ParamSpec('surprise_threshold', -1.0, "flag frames whose surprise exceeds this; < 0 = the checkpoint's "
               'calibrated threshold (`lewm calibrate`)', read_only=False, low=-1.0, high=1e9),
     ParamSpec('threads', 0, 'CPU threads for planning; 0 = one for small models (tiny), all cores for '

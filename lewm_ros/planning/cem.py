@@ -31,6 +31,7 @@ class CEMSolver(Solver):
         low: torch.Tensor,
         high: torch.Tensor,
         generator: Generators = None,
+        deadline: float | None = None,
     ) -> SolveResult:
         """Run ``config.iterations`` CEM iterations; returns the final mean."""
         cfg = self.config
@@ -38,7 +39,9 @@ class CEMSolver(Solver):
         mean = clamp_(mean.clone(), low, high)
         std = std.clone()
         candidates = torch.empty((B, N, *mean.shape[1:]), device=mean.device, dtype=mean.dtype)
-        for _ in range(cfg.iterations):
+        done = 0
+        for _ in self.iterations(deadline):
+            done += 1
             normal_(candidates, generator)
             candidates.mul_(std.unsqueeze(1)).add_(mean.unsqueeze(1))
             candidates[:, 0] = mean
@@ -51,4 +54,4 @@ class CEMSolver(Solver):
             if cfg.min_std > 0:
                 std.clamp_(min=cfg.min_std)
         cost = self._evaluate_mean(cost_fn, mean)
-        return SolveResult(actions=mean, cost=cost, std=std, evaluations=cfg.iterations * N + 1)
+        return SolveResult(actions=mean, cost=cost, std=std, evaluations=done * N + 1)

@@ -12,6 +12,7 @@ coloured samples explore far (e.g. find a door), white ones fine-tune where the 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -94,6 +95,7 @@ class ICEMSolver(Solver):
         low: torch.Tensor,
         high: torch.Tensor,
         generator: Generators = None,
+        deadline: float | None = None,
     ) -> SolveResult:
         """Run ``config.iterations`` iCEM iterations; returns the best sequence scored."""
         cfg = self.config
@@ -107,14 +109,14 @@ class ICEMSolver(Solver):
         best = mean.clone()
         kept: torch.Tensor | None = None
         evaluations = 0
-        for it in range(cfg.iterations):
+        for it in self.iterations(deadline):
             n = self.population(it)
             noise = self.noise(B, n, time_steps, shape[-1], mean, generator).view(B, n, *shape)
             parts = [torch.addcmul(mean.unsqueeze(1), std.unsqueeze(1), noise)]
             if kept is not None and keep > 0:
                 parts.append(kept)
-            if it == cfg.iterations - 1:
-                parts.append(mean.unsqueeze(1))
+            if it == cfg.iterations - 1 or (deadline is not None and time.monotonic() >= deadline):
+                parts.append(mean.unsqueeze(1))  # the last iteration also scores the mean
             candidates = clamp_(torch.cat(parts, dim=1), low, high)
             costs = cost_fn(candidates).float()
             evaluations += candidates.shape[1]

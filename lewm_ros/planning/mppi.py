@@ -28,6 +28,7 @@ class MPPISolver(Solver):
         low: torch.Tensor,
         high: torch.Tensor,
         generator: Generators = None,
+        deadline: float | None = None,
     ) -> SolveResult:
         """Run ``config.iterations`` MPPI updates; returns the final weighted mean."""
         cfg = self.config
@@ -36,7 +37,9 @@ class MPPISolver(Solver):
         std = std.clone()
         candidates = torch.empty((B, N, *mean.shape[1:]), device=mean.device, dtype=mean.dtype)
         extra = (1,) * (mean.dim() - 1)
-        for _ in range(cfg.iterations):
+        done = 0
+        for _ in self.iterations(deadline):
+            done += 1
             normal_(candidates, generator)
             candidates.mul_(std.unsqueeze(1)).add_(mean.unsqueeze(1))
             candidates[:, 0] = mean
@@ -52,4 +55,4 @@ class MPPISolver(Solver):
                 std = var.sqrt().clamp_min(cfg.min_std)
         clamp_(mean, low, high)  # a convex combination is in the box already; this removes rounding
         cost = self._evaluate_mean(cost_fn, mean)
-        return SolveResult(actions=mean, cost=cost, std=std, evaluations=cfg.iterations * N + 1)
+        return SolveResult(actions=mean, cost=cost, std=std, evaluations=done * N + 1)

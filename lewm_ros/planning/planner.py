@@ -83,6 +83,7 @@ class PlanResult:
     cost: torch.Tensor
     timing: dict[str, float] = field(default_factory=dict)
     receding_horizon: int = 1
+    evaluations: int = 0  # candidate sequences scored per environment (fewer when a deadline cut it short)
 
     @property
     def to_execute(self) -> torch.Tensor:
@@ -259,6 +260,7 @@ class LatentPlanner:
         goal: Any,
         env_ids: Sequence[int] | None = None,
         executed_blocks: int | None = None,
+        deadline: float | None = None,
     ) -> PlanResult:
         """Plan ``config.horizon`` blocks for each of B environments (see the module docstring).
 
@@ -272,6 +274,8 @@ class LatentPlanner:
             env_ids: warm-start slot of each row (default 0..B-1).
             executed_blocks: blocks of the previous plan executed since it was made (default
                 ``config.receding_horizon``); the warm start shifts by this much.
+            deadline: ``time.monotonic()`` instant after which the solver starts no new iteration
+                (a control loop's time budget); the plan is the best found by then.
 
         """
         t_start = time.perf_counter()
@@ -296,7 +300,7 @@ class LatentPlanner:
             return cost
 
         result = self.solver.solve(
-            cost_fn, mean, std, self.low_norm, self.high_norm, [self._generator(i) for i in ids]
+            cost_fn, mean, std, self.low_norm, self.high_norm, [self._generator(i) for i in ids], deadline
         )
         if cfg.warm_start:
             for row, i in enumerate(ids):
@@ -317,6 +321,7 @@ class LatentPlanner:
             cost=result.cost,
             timing=timing,
             receding_horizon=cfg.receding_horizon,
+            evaluations=result.evaluations,
         )
 
     @torch.no_grad()

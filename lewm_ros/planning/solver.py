@@ -9,8 +9,9 @@ the box ``[low, high]`` (broadcast against S).
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,7 @@ class Solver(ABC):
         low: torch.Tensor,
         high: torch.Tensor,
         generator: Generators = None,
+        deadline: float | None = None,
     ) -> SolveResult:
         """Run the optimisation.
 
@@ -79,8 +81,17 @@ class Solver(ABC):
             low, high: box bounds broadcastable to S (use +-inf for an unbounded dimension).
             generator: random generator(s) on the tensors' device, for reproducible plans: one for
                 the batch, or a sequence of B (one per problem, batch-independent results).
+            deadline: a ``time.monotonic()`` instant after which no new iteration starts (the
+                first always runs); the result is the best found so far. None: all iterations.
 
         """
+
+    def iterations(self, deadline: float | None) -> Iterator[int]:
+        """Iteration indices 0 .. ``config.iterations - 1``, stopping early once ``deadline`` passed."""
+        for i in range(self.config.iterations):
+            if i and deadline is not None and time.monotonic() >= deadline:
+                return
+            yield i
 
     @staticmethod
     def _evaluate_mean(cost_fn: CostFn, mean: torch.Tensor) -> torch.Tensor:
