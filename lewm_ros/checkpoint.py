@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from lewm_ros import safetensors_io
 from lewm_ros.model import LeWM, ModelConfig
@@ -212,10 +214,12 @@ def update_metadata(path: str | os.PathLike, key: str, value: Any, **more: Any) 
 
 
 def _model_config(meta: dict[str, Any], meta_path: Path) -> ModelConfig:
+    """The model config of ``meta``, sizes checked (``ModelConfig.MAX_SIZES``) before anything is built."""
     try:
         cfg = ModelConfig.from_dict(meta['model_config'])
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f'{meta_path}: model_config is invalid: {err}') from err
+        detail = str(err).removeprefix('invalid model config: ')
+        raise CheckpointError(f'{meta_path}: model_config is invalid: {detail}') from err
     for key in ('image_size', 'history', 'frameskip', 'action_dim', 'embed_dim'):
         if key in meta and meta[key] != getattr(cfg, key):
             raise CheckpointError(
@@ -225,42 +229,129 @@ def _model_config(meta: dict[str, Any], meta_path: Path) -> ModelConfig:
     return cfg
 
 
-def load_checkpoint(
-    path: str | os.PathLike, device: str | torch.device = 'cpu', verify_hash: bool = True
-) -> tuple[LeWM, dict[str, Any]]:
-    """Load a checkpoint directory into a ``LeWM`` in eval mode on ``device``; returns (model, meta)."""
-    root = checkpoint_dir(path)
-    meta = read_metadata(root)
-    cfg = _model_config(meta, root / META_FILE)
-    weights_path = root / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise CheckpointError(f'{weights_path} is missing; {root} is not a complete LeWM checkpoint')
-    expected_hash = (meta.get('weights') or {}).get('sha256')
-    if verify_hash and expected_hash and file_sha256(weights_path) != expected_hash:
-        raise CheckpointError(
-            f'{weights_path} does not match the sha256 recorded in {META_FILE}; the weights were corrupted '
-            'or replaced. Restore the original file or save the checkpoint again.'
-        )
+def _check_action_bounds(meta: dict[str, Any], action_dim: int, meta_path: Path) -> None:
+    """``action_low``/``action_high``: absent (null), or ``action_dim`` finite numbers with low < high.
+
+    The bounds become the robot's command limits: a NaN there would reach the actuators.
+    """
+    bounds = {}
+    for key in ('action_low', 'action_high'):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or len(value) != action_dim:
+            raise CheckpointError(
+                f'{meta_path}: {key} must be a list of {action_dim} numbers (the action_dim), got {value!r}'
+            )
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in value):
+            raise CheckpointError(f'{meta_path}: {key} must hold finite numbers, got {value!r}')
+        bounds[key] = value
+    if len(bounds) == 2:
+        pairs = zip(bounds['action_low'], bounds['action_high'], strict=True)
+        inverted = [i for i, (lo, hi) in enumerate(pairs) if not lo < hi]
+        if inverted:
+            raise CheckpointError(
+                f'{meta_path}: action_low {bounds["action_low"]} is not below action_high '
+                f'{bounds["action_high"]} in dimension(s) {inverted}'
+            )
+
+
+class _GivenTensorsStay(TorchFunctionMode):
+    """Inside ``torch.device('meta')``: ``torch.as_tensor`` of an existing tensor keeps its device.
+
+    So the action statistics handed to ``LeWM`` stay small CPU tensors that its constructor can
+    check by value, while every parameter is created on the meta device (no memory).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.as_tensor and args and isinstance(args[0], torch.Tensor):
+            kwargs.setdefault('device', args[0].device)
+        return func(*args, **kwargs)
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a checkpoint of ``cfg`` holds, without allocating the model."""
+    mean, std = torch.zeros(cfg.action_dim), torch.ones(cfg.action_dim)
+    with torch.device('meta'), _GivenTensorsStay():
+        model = LeWM(cfg, action_mean=mean, action_std=std)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _check_weight_shapes(weights_path: Path, cfg: ModelConfig) -> None:
+    """Compare the tensors named in the safetensors header with those the model config needs."""
     try:
-        state = safetensors_io.load_file(weights_path)
+        stored = safetensors_io.read_shapes(weights_path)
     except safetensors_io.SafetensorsError as err:
         raise CheckpointError(str(err)) from err
-    model = LeWM(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    expected = expected_shapes(cfg)
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
             f'{weights_path} does not fit the model described in {META_FILE}: '
             f'missing tensors {missing[:8]}{" ..." if len(missing) > 8 else ""}, '
             f'unexpected tensors {unexpected[:8]}{" ..." if len(unexpected) > 8 else ""}'
         )
-    for name, ref in expected.items():
-        if tuple(state[name].shape) != tuple(ref.shape):
+    for name, shape in expected.items():
+        if stored[name] != shape:
             raise CheckpointError(
-                f'{weights_path}: tensor {name!r} has shape {tuple(state[name].shape)} but the model config '
-                f'in '
-                f'{META_FILE} needs {tuple(ref.shape)}; weights and meta.json come from different models'
+                f'{weights_path}: tensor {name!r} has shape {stored[name]} but the model config in '
+                f'{META_FILE} needs {shape}; weights and meta.json come from different models'
             )
+
+
+def inspect_checkpoint(
+    path: str | os.PathLike, verify_hash: bool = True, check_weights: bool = True
+) -> tuple[dict[str, Any], ModelConfig]:
+    """Every check of :func:`load_checkpoint` that needs no tensor data; returns (meta, model config).
+
+    ``meta.json`` (format, model config sizes, action bounds), then, with ``check_weights``, the
+    tensor names and shapes in the weights file's header against the model (built on the meta
+    device, so an absurd config costs no memory) and the recorded SHA-256. Raises ``CheckpointError``.
+    """
+    root = checkpoint_dir(path)
+    meta = read_metadata(root)
+    cfg = _model_config(meta, root / META_FILE)
+    _check_action_bounds(meta, cfg.action_dim, root / META_FILE)
+    if not check_weights:
+        return meta, cfg
+    weights_path = root / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f'{weights_path} is missing; {root} is not a complete LeWM checkpoint')
+    _check_weight_shapes(weights_path, cfg)
+    expected_hash = (meta.get('weights') or {}).get('sha256')
+    if verify_hash and expected_hash and file_sha256(weights_path) != expected_hash:
+        raise CheckpointError(
+            f'{weights_path} does not match the sha256 recorded in {META_FILE}; the weights were corrupted '
+            'or replaced. Restore the original file or save the checkpoint again.'
+        )
+    return meta, cfg
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = 'cpu', verify_hash: bool = True
+) -> tuple[LeWM, dict[str, Any]]:
+    """Load a checkpoint directory into a ``LeWM`` in eval mode on ``device``; returns (model, meta).
+
+    Nothing is allocated before :func:`inspect_checkpoint` has passed; the loaded tensors must be
+    finite (a NaN action statistic would turn every planned action into NaN).
+    """
+    root = checkpoint_dir(path)
+    meta, cfg = inspect_checkpoint(root, verify_hash=verify_hash)
+    weights_path = root / WEIGHTS_FILE
+    try:
+        state = safetensors_io.load_file(weights_path)
+    except safetensors_io.SafetensorsError as err:
+        raise CheckpointError(str(err)) from err
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f'{weights_path}: tensor {name!r} holds NaN or infinite values')
+    if not bool((state['action_std'] > 0).all()):
+        raise CheckpointError(
+            f"{weights_path}: tensor 'action_std' must be positive, got {state['action_std'].tolist()}"
+        )
+    model = LeWM(cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), meta

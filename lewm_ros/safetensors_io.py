@@ -10,6 +10,7 @@ so it never executes code from the file (unlike pickle).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import sys
@@ -117,7 +118,7 @@ def _read_header(f, path: Path, file_size: int) -> tuple[dict, int]:
 
 
 def _check_entry(
-    path: Path, name: str, entry: object, data_size: int
+    path: Path, name: str, entry: object, data_size: float
 ) -> tuple[torch.dtype, list[int], int, int]:
     if not isinstance(entry, dict) or not {'dtype', 'shape', 'data_offsets'} <= set(entry):
         raise SafetensorsError(f'{path}: header entry {name!r} lacks dtype/shape/data_offsets')
@@ -155,32 +156,42 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return dict(header.get('__metadata__') or {})
 
 
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone (no tensor bytes read).
+
+    Each entry's dtype, shape and offsets are checked against each other; whether the file holds
+    all the bytes is left to :func:`load_file`.
+    """
+    path = Path(path)
+    with open(path, 'rb') as f:
+        header, _ = _read_header(f, path, path.stat().st_size)
+    header.pop('__metadata__', None)
+    return {name: tuple(_check_entry(path, name, entry, math.inf)[1]) for name, entry in header.items()}
+
+
 def load_file(path: str | os.PathLike, device: str | torch.device = 'cpu') -> dict[str, torch.Tensor]:
     """Load every tensor of a safetensors file onto ``device``; raises ``SafetensorsError`` if invalid."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path} does not exist')
     file_size = path.stat().st_size
+    out: dict[str, torch.Tensor] = {}
     with open(path, 'rb') as f:
         header, start = _read_header(f, path, file_size)
-        data = bytearray(f.read())
-    header.pop('__metadata__', None)
-    out: dict[str, torch.Tensor] = {}
-    for name, entry in header.items():
-        dtype, shape, begin, end = _check_entry(path, name, entry, len(data))
-        if end == begin:
-            t = torch.empty(shape, dtype=dtype)
-        else:
-            # a private aligned copy per tensor: offsets in foreign files need not be aligned
-            t = torch.frombuffer(bytearray(data[begin:end]), dtype=dtype).reshape(shape)
-            if sys.byteorder != 'little' and t.element_size() > 1:
-                t = (
-                    t.view(torch.uint8)
-                    .view(-1, t.element_size())
-                    .flip(1)
-                    .contiguous()
-                    .view(dtype)
-                    .reshape(shape)
-                )
-        out[name] = t.to(device)
+        header.pop('__metadata__', None)
+        entries = {name: _check_entry(path, name, entry, file_size - start) for name, entry in header.items()}
+        for name, (dtype, shape, begin, end) in entries.items():
+            out[name] = _read_tensor(f, start, dtype, shape, begin, end).to(device)
     return out
+
+
+def _read_tensor(f, start: int, dtype: torch.dtype, shape: list[int], begin: int, end: int) -> torch.Tensor:
+    """One tensor read from its own bytes, so memory stays at one copy of the weights."""
+    if end == begin:
+        return torch.empty(shape, dtype=dtype)
+    # a private aligned buffer per tensor: offsets in foreign files need not be aligned
+    f.seek(start + begin)
+    t = torch.frombuffer(bytearray(f.read(end - begin)), dtype=dtype).reshape(shape)
+    if sys.byteorder != 'little' and t.element_size() > 1:
+        t = t.view(torch.uint8).view(-1, t.element_size()).flip(1).contiguous().view(dtype).reshape(shape)
+    return t

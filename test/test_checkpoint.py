@@ -11,6 +11,7 @@ from lewm_ros import safetensors_io
 from lewm_ros.checkpoint import (
     CheckpointError,
     build_metadata,
+    expected_shapes,
     load_checkpoint,
     read_metadata,
     save_checkpoint,
@@ -203,3 +204,131 @@ def test_mismatched_checkpoints_are_reported(tmp_path):
     write(meta)
     with pytest.raises(CheckpointError, match='unknown model config key'):
         load_checkpoint(path)
+
+
+def rewrite_meta(path, **changes) -> None:
+    """Edit meta.json like a person (or a damaged disk) would; ``model_config__KEY`` edits the config."""
+    meta_path = path / 'meta.json'
+    meta = json.loads(meta_path.read_text())
+    for key, value in changes.items():
+        if key.startswith('model_config__'):
+            meta['model_config'][key.removeprefix('model_config__')] = value
+        else:
+            meta[key] = value
+    meta_path.write_text(json.dumps(meta))
+
+
+# Run in a fresh process so that its peak memory is the checkpoint loader's alone. The address space
+# is capped, so that a loader which does allocate fails here instead of exhausting the machine.
+ABSURD_CONFIG_SCRIPT = r'''
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+from lewm_ros.checkpoint import CheckpointError, load_checkpoint
+from training.cli import main
+path = sys.argv[1]
+results = {}
+for case in json.loads(sys.argv[2]):
+    meta = json.load(open(path + '/meta.json'))
+    meta['model_config'].update(case)
+    json.dump(meta, open(path + '/meta.json', 'w'))
+    start = time.perf_counter()
+    try:
+        load_checkpoint(path)
+        message = 'loaded'
+    except CheckpointError as err:
+        message = str(err)
+    results[json.dumps(case)] = [message, time.perf_counter() - start]
+sys.stderr.flush()
+rc = main(['info', path])  # the command that was OOM-killed
+print(json.dumps({'results': results, 'info_rc': rc,
+                  'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def test_an_absurd_model_config_is_refused_before_anything_is_allocated(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, path = saved(tmp_path)
+    repo = Path(__file__).resolve().parents[1]
+    # 40000 wide: ~19 GB of weights; the second is within the size limits but, at width 2048,
+    # 48 blocks and MLP 8192, still ~10 GB and nothing like the 70 k-parameter weights on disk
+    cases = [{'encoder_width': 40000}, {'encoder_width': 2048, 'encoder_mlp_dim': 8192, 'encoder_depth': 48}]
+    result = subprocess.run(
+        [sys.executable, '-c', ABSURD_CONFIG_SCRIPT, str(path), json.dumps(cases)], cwd=repo,
+        capture_output=True, text=True, timeout=120, env={**os.environ, 'PYTHONPATH': str(repo)},
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    (width, width_s), (big, big_s) = report['results'].values()
+    assert 'encoder_width is 40000, above the limit' in width, width
+    assert "does not fit the model described in meta.json: missing tensors ['encoder.blocks.10." in big, big
+    assert width_s < 5 and big_s < 5, report
+    assert report['info_rc'] == 1 and 'lewm info: error: ' in result.stderr
+    assert 'Traceback' not in result.stderr
+    assert report['peak_rss_mb'] < 1500, report
+
+
+@pytest.mark.parametrize(
+    ('changes', 'message'),
+    [
+        ({'action_low': [float('nan'), -1.0]}, 'action_low must hold finite numbers'),
+        ({'action_high': [1.0, float('inf')]}, 'action_high must hold finite numbers'),
+        ({'action_low': [-1.0]}, r'action_low must be a list of 2 numbers'),
+        ({'action_high': [1.0, 1.0, 1.0]}, r'action_high must be a list of 2 numbers'),
+        ({'action_low': 'low'}, r'action_low must be a list of 2 numbers'),
+        ({'action_high': [1.0, True]}, 'action_high must hold finite numbers'),
+        ({'action_low': [-1.0, 1.0]}, r'action_low \[-1.0, 1.0\] is not below .* in dimension\(s\) \[1\]'),
+        ({'action_low': [2.0, 3.0]}, r'dimension\(s\) \[0, 1\]'),
+    ],
+)
+def test_unusable_action_bounds_are_refused(tmp_path, changes, message):
+    _, path = saved(tmp_path)
+    rewrite_meta(path, **changes)  # json writes NaN and Infinity, and reads them back
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_bounds_or_with_one_side_loads(tmp_path):
+    _, path = saved(tmp_path)
+    rewrite_meta(path, action_low=None, action_high=None)
+    meta = load_checkpoint(path)[1]
+    assert meta['action_low'] is None and meta['action_high'] is None
+    rewrite_meta(path, action_high=[0.5, 0.5])
+    assert load_checkpoint(path)[1]['action_high'] == [0.5, 0.5]
+
+
+def test_non_finite_weights_and_a_non_positive_action_std_are_refused(tmp_path):
+    model = make_model()
+    with torch.no_grad():
+        model.projector.fc1.weight[0, 0] = float('nan')
+    path = save_checkpoint(tmp_path / 'nan', model)
+    with pytest.raises(CheckpointError, match="tensor 'projector.fc1.weight' holds NaN"):
+        load_checkpoint(path)
+    model = make_model()
+    with torch.no_grad():
+        model.action_std[1] = 0.0
+    path = save_checkpoint(tmp_path / 'zero_std', model)
+    with pytest.raises(CheckpointError, match="'action_std' must be positive"):
+        load_checkpoint(path)
+
+
+def test_model_sizes_above_the_limits_are_refused_by_name():
+    paper = ModelConfig.from_preset('paper')
+    for key, limit in ModelConfig.MAX_SIZES.items():
+        assert getattr(paper, key) * 4 <= limit, key  # headroom over the paper's model
+    with pytest.raises(ValueError, match='predictor_depth is 1000, above the limit'):
+        ModelConfig.from_preset('paper', predictor_depth=1000)
+    with pytest.raises(ValueError, match='16384 patches, above the limit'):
+        ModelConfig.from_preset('paper', image_size=896, patch_size=7)
+    with pytest.raises(ValueError, match='predictor_dropout'):
+        ModelConfig.from_preset('paper', predictor_dropout=float('nan'))
+
+
+@pytest.mark.parametrize('preset', ['micro', 'tiny', 'paper'])
+def test_the_shapes_checked_before_loading_are_those_of_the_real_model(preset):
+    cfg = ModelConfig.from_preset(preset, action_dim=3)
+    real = {name: tuple(t.shape) for name, t in LeWM(cfg).state_dict().items()}
+    assert expected_shapes(cfg) == real

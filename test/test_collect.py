@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -125,6 +127,65 @@ def test_killed_run_leaves_no_complete_looking_file_and_resumes_to_the_same_resu
         lewm(['collect', *args, '--out', str(out), '--resume', '--noise', '0.3'])
     assert lewm(['collect', *args, '--out', str(out), '--resume']) == 0
     assert lewm(['collect', *args, '--out', str(reference)]) == 0
+    a, b = columns(out), columns(reference)
+    for name in a:
+        assert np.array_equal(a[name], b[name], equal_nan=True), name
+
+
+def interrupt_once_an_episode_is_written(command: list[str], done: int, total: int,
+                                         whole_group: bool = False) -> tuple[int, str]:
+    """Run ``command``; SIGINT it as soon as its progress bar passes ``done`` of ``total`` episodes.
+
+    The progress bar advances only after an episode is flushed to the file, so the signal always
+    arrives mid-run with at least one new episode written. Returns (exit code, all output).
+    """
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, 'PYTHONPATH': str(repo), 'TQDM_MININTERVAL': '0', 'TQDM_MINITERS': '1'}
+    process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=whole_group)
+    seen, progress = b'', re.compile(rb'(\d+)/%d\b' % total)
+    deadline = time.monotonic() + 60
+    try:
+        while not any(int(n) > done for n in progress.findall(seen)):
+            assert time.monotonic() < deadline and process.poll() is None, seen.decode(errors='replace')
+            if select.select([process.stderr], [], [], 0.5)[0]:
+                seen += os.read(process.stderr.fileno(), 1 << 16)
+        if whole_group:  # what Ctrl-C in a terminal does: the workers get the signal too
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, (seen + err).decode(errors='replace') + out.decode(errors='replace')
+
+
+def test_ctrl_c_gives_the_resume_hint_and_repeated_resumes_reach_the_same_file(tmp_path):
+    out, reference = tmp_path / 'interrupted.h5', tmp_path / 'reference.h5'
+    total = 16
+    args = [*SMALL, '--steps', '150', '--episodes', str(total)]
+    command = [sys.executable, '-m', 'training.cli', 'collect', *args, '--out', str(out)]
+    partial, done = partial_path(out), 0
+    for attempt in range(4):
+        extra = ['--resume'] if attempt else []
+        workers = ['--workers', '2'] if attempt == 1 else []  # the pool path, signalled like a terminal
+        rc, output = interrupt_once_an_episode_is_written(command + extra + workers, done, total,
+                                                          whole_group=bool(workers))
+        hint = re.search(r'interrupted: (\d+) complete episodes are in .*partial; run the same command '
+                         r'with --resume to continue', output)
+        assert rc == 130 and hint, output
+        assert 'Traceback' not in output and 'Error' not in output, output
+        assert done < int(hint[1]) < total, output
+        done = int(hint[1])
+        assert partial.exists() and not out.exists()
+        with EpisodeFile(partial) as f:
+            assert f.num_episodes == done and not f.attrs['complete']
+    assert lewm(['collect', *args, '--out', str(out), '--resume']) == 0
+    assert lewm(['collect', *args, '--out', str(reference)]) == 0
+    with EpisodeFile(out) as f:
+        assert f.num_episodes == total and f.attrs['complete']
     a, b = columns(out), columns(reference)
     for name in a:
         assert np.array_equal(a[name], b[name], equal_nan=True), name

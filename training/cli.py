@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -53,8 +54,43 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes: 1 for a checkpoint or data file the command cannot use (as for the ROS nodes), 2 for
+# bad options (argparse) or a bad training config, 130 for Ctrl-C (143 for SIGTERM).
+EXIT_BAD_INPUT = 1
+EXIT_INTERRUPTED = 130
+
+
+# (module, class) of the errors that report bad input (a missing or damaged checkpoint, episode
+# file or YAML file), not a bug: they are shown as one line.
+_INPUT_ERRORS = (
+    ('lewm_ros.checkpoint', 'CheckpointError'),
+    ('training.episodes', 'EpisodeFormatError'),
+    ('yaml', 'YAMLError'),
+)
+
+
+def _input_error(err: BaseException) -> bool:
+    """Whether ``err`` reports bad input rather than a bug.
+
+    The classes are looked up only if their modules were imported: an error of a module that was
+    never loaded cannot have been raised, and ``lewm --help`` stays free of torch and h5py.
+    """
+    if isinstance(err, FileNotFoundError):  # a missing --data file, for instance
+        return True
+    for module, name in _INPUT_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(err, cls):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``lewm``; returns the process exit code."""
+    """Run ``lewm``; returns the process exit code.
+
+    A damaged or missing checkpoint or episode file is reported as one ``lewm CMD: error: ...``
+    line (exit code 1) and Ctrl-C as one ``lewm CMD: interrupted`` line (exit code 130), without
+    a traceback; commands that can say how to continue (collect, train) print that themselves.
+    """
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
@@ -63,7 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not hasattr(args, '_module'):  # options before the subcommand; re-parse is not worth it
         parser.error('put options after the subcommand, e.g. `lewm train --help`')
-    return int(importlib.import_module(args._module).run(args) or 0)
+    prog = ' '.join(['lewm', args.command, *([args.benchmark] if getattr(args, 'benchmark', None) else [])])
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except KeyboardInterrupt as err:  # also training.interrupts.Interrupted (SIGTERM: 143)
+        print(f'{prog}: interrupted', file=sys.stderr)
+        return int(getattr(err, 'exit_code', EXIT_INTERRUPTED))
+    except Exception as err:
+        if not _input_error(err):
+            raise
+        print(f'{prog}: error: {err}', file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == '__main__':

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +65,18 @@ _ENV = None
 
 def _init_worker(env_id: str, img_size: int) -> None:
     global _ENV
+    # Ctrl-C in a terminal reaches the whole process group: the main process stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from lewm_ros.sim import make_env
 
     _ENV = make_env(env_id, img_size=img_size)
 
 
-def collect_episode(env: Any, job: dict[str, Any]) -> dict[str, Any]:
-    """Roll one episode as ``job`` says; returns its columns and counts."""
+def collect_episode(env: Any, job: dict[str, Any], check: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Roll one episode as ``job`` says; returns its columns and counts.
+
+    ``check()`` is called before every step; it may raise to abandon the episode (Ctrl-C).
+    """
     from lewm_ros.sim.experts import make_policy
 
     seed = job['seed']
@@ -86,6 +93,8 @@ def collect_episode(env: Any, job: dict[str, Any]) -> dict[str, Any]:
     pixels[0], state[0], proprio[0] = obs, info['state'], info['proprio']
     first_success, goals_reached = False, 0
     for t in range(steps):
+        if check is not None:
+            check()
         action = policy.act(obs)
         obs, _, _, _, info = env.step(action)
         actions[t] = action
@@ -102,6 +111,21 @@ def collect_episode(env: Any, job: dict[str, Any]) -> dict[str, Any]:
 
 def _run_job(job: dict[str, Any]) -> dict[str, Any]:
     return collect_episode(_ENV, job)
+
+
+def _pool_results(
+    pool: Any, jobs: list[dict[str, Any]], check: Callable[[], None]
+) -> Iterator[dict[str, Any]]:
+    """The workers' episodes in job order, with ``check()`` called while waiting for each."""
+    results = pool.imap(_run_job, jobs)  # in order, so the file does not depend on --workers
+    for _ in jobs:
+        while True:
+            check()
+            try:
+                yield results.next(timeout=0.1)
+                break
+            except mp.TimeoutError:
+                continue
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -133,12 +157,24 @@ def _stored_attrs(partial: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Collect the episodes and write the file."""
+    """Collect the episodes and write the file.
+
+    Ctrl-C (or SIGTERM) stops at the next env step: the complete episodes stay in ``<out>.partial``
+    (marked incomplete), the message says how to resume, and the exit code is 130 (143).
+    """
+    from training.interrupts import GracefulStop
+
+    with GracefulStop() as stop:
+        return _collect(args, stop)
+
+
+def _collect(args: argparse.Namespace, stop: Any) -> int:
     from tqdm import tqdm
 
     from lewm_ros.sim import ENV_IDS, make_env
     from lewm_ros.sim.experts import MixedPolicy
     from training.episodes import EpisodeWriter, partial_path
+    from training.interrupts import exit_code
 
     if args.expert_fraction is None:
         args.expert_fraction = MixedPolicy.DEFAULT_EXPERT_FRACTION
@@ -181,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f'--resume: {partial_path(out)} was collected with other settings '
                              f'(file vs now: {mismatched}); use the same options, or --overwrite')
     record_state = not args.no_state
+    if stop.requested:  # interrupted while setting up: nothing is written yet
+        env.close()
+        stop.check()
     writer = EpisodeWriter(
         out, image_size=args.img_size, action_dim=env.action_dim,
         state_dim=env.state_dim if record_state else None,
@@ -203,9 +242,9 @@ def run(args: argparse.Namespace) -> int:
             env.close()
             pool = mp.get_context('spawn').Pool(args.workers, initializer=_init_worker,
                                                 initargs=(args.env, args.img_size))
-            results = pool.imap(_run_job, jobs)  # in order, so the file does not depend on --workers
+            results = _pool_results(pool, jobs, stop.check)
         else:
-            results = (collect_episode(env, job) for job in jobs)
+            results = (collect_episode(env, job, stop.check) for job in jobs)
         with tqdm(total=args.episodes, initial=done, unit='ep', desc=f'collect {args.env}') as bar:
             for episode in results:
                 writer.add_episode(episode['pixels'], episode['actions'],
@@ -219,16 +258,22 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix(fps=f'{frames / max(elapsed, 1e-9):.0f}',
                                 success=f'{successes / (bar.n - done + 1):.2f}')
                 bar.update(1)
-    except BaseException:
+                stop.check()
+    except BaseException as err:
         writer.close(complete=False)
         print(f'interrupted: {writer.num_episodes} complete episodes are in {out}.partial; '
               'run the same command with --resume to continue', file=sys.stderr)
+        if isinstance(err, KeyboardInterrupt):
+            return exit_code(err)
         raise
     finally:
         if pool is not None:
             pool.terminate()
         env.close()
     writer.close(complete=True)
+    if stop.requested:  # at the very end: the file is complete, but the user asked to stop
+        print(f'interrupted after the last episode: {out} is complete', file=sys.stderr)
+        return 128 + stop.signum
     elapsed = time.perf_counter() - start_time
     summary = {
         'out': str(out), 'env_id': args.env, 'policy': args.policy, 'noise': args.noise,

@@ -40,11 +40,11 @@ def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    from lewm_ros.checkpoint import read_metadata
+    from lewm_ros.checkpoint import inspect_checkpoint
     from lewm_ros.nodes.planner_node import PlannerNode
     from lewm_ros.nodes.sim_node import SimNode
 
-    meta = read_metadata(checkpoint)
+    meta, _ = inspect_checkpoint(checkpoint)  # before ROS starts: a bad checkpoint is one error line
     env_id = args.env or meta.get('env_id') or 'lewm/TwoRoom-v0'
     print(f'checkpoint {checkpoint} ({meta.get("num_parameters", 0) / 1e6:.1f} M parameters, '
           f'{meta["image_size"]} px), task {env_id}, {args.episodes} episodes + 1 surprise episode')

@@ -61,6 +61,8 @@ class EpisodeWriter:
             self._partial.parent.mkdir(parents=True, exist_ok=True)
             self._file = h5py.File(self._partial, 'w')
             self._create(image_size, action_dim, attrs or {}, compression)
+        # kept here, not read from the file, so it is still known after close()
+        self._num_episodes = int(self._file['episode_lengths'].shape[0])
 
     # -- set-up -------------------------------------------------------------------------------
     def _create(self, size: int, action_dim: int, attrs: dict[str, Any], compression: str | None) -> None:
@@ -102,8 +104,8 @@ class EpisodeWriter:
     # -- writing ------------------------------------------------------------------------------
     @property
     def num_episodes(self) -> int:
-        """Number of complete episodes written so far."""
-        return int(self._file['episode_lengths'].shape[0])
+        """Number of complete episodes written so far (also after :meth:`close`)."""
+        return self._num_episodes
 
     def add_episode(
         self,
@@ -148,6 +150,7 @@ class EpisodeWriter:
             f[name].resize(f[name].shape[0] + 1, axis=0)
             f[name][-1] = value
         f.flush()
+        self._num_episodes += 1
 
     def close(self, complete: bool = True) -> None:
         """Close the file; with ``complete`` it is renamed to its final name."""

@@ -22,17 +22,13 @@ def _fmt(values) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the summary; exit code 1 when the checkpoint is missing or damaged."""
-    from lewm_ros.checkpoint import CheckpointError, load_checkpoint, read_metadata
+    """Print the summary; a missing or damaged checkpoint raises ``CheckpointError`` (exit code 1)."""
+    from lewm_ros.checkpoint import inspect_checkpoint, load_checkpoint
 
-    try:
-        if args.no_verify:
-            meta, model = read_metadata(args.checkpoint), None
-        else:
-            model, meta = load_checkpoint(args.checkpoint)
-    except CheckpointError as err:
-        print(f'lewm info: {err}')
-        return 1
+    if args.no_verify:
+        (meta, _), model = inspect_checkpoint(args.checkpoint, check_weights=False), None
+    else:
+        model, meta = load_checkpoint(args.checkpoint)
     if args.json:
         print(json.dumps(meta, indent=2))
         return 0

@@ -47,9 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the config, then train."""
+    import sys
+
+    import yaml
+
     from lewm_ros.checkpoint import CheckpointError, read_metadata
     from training.train_config import apply_overrides, complete, load_train_config
-    from training.trainer import Trainer
+    from training.trainer import Trainer, TrainingInterrupted
 
     overrides = list(args.overrides)
     for flag, key in ((args.data, 'data.path'), (args.out, 'train.out_dir'), (args.device, 'train.device')):
@@ -72,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
             resume = out_dir / 'last' if args.resume == 'auto' else Path(args.resume)
             read_metadata(resume)  # fail early with a clear message
         return 0 if Trainer(config, resume=resume).run() else 1
-    except (ValueError, FileNotFoundError, CheckpointError, FloatingPointError) as err:
+    except CheckpointError as err:  # exit code 1, as for every command that reads a checkpoint
+        print(f'lewm train: error: {err}')
+        return 1
+    except (ValueError, FileNotFoundError, FloatingPointError, yaml.YAMLError) as err:
         print(f'lewm train: error: {err}')
         return 2
+    except TrainingInterrupted as err:
+        print(f'lewm train: interrupted after step {err.step}, saved to {err.checkpoint}; continue with '
+              f'`lewm train --resume {err.checkpoint}`', file=sys.stderr)
+        return err.exit_code

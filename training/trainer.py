@@ -23,6 +23,7 @@ from lewm_ros.device import resolve_device, usable_cores
 from lewm_ros.model import LeWM, ModelConfig
 from training.batchnorm import recalibrate_batchnorm
 from training.dataset import ClipData, load_clip_data
+from training.interrupts import GracefulStop, Interrupted
 from training.objective import clip_loss, make_optimizer, training_step
 from training.precision import autocast, resolve_precision
 from training.reports import save_figure
@@ -124,8 +125,21 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+class TrainingInterrupted(Interrupted):
+    """Ctrl-C (or SIGTERM) stopped a run after ``step`` steps, saved as the resumable ``checkpoint``."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        super().__init__(signum)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
 class Trainer:
     """One training run. ``run()`` trains and returns the final checkpoint directory.
+
+    In a single process, Ctrl-C or SIGTERM stops the run after the current step: it is saved to
+    ``out_dir/last`` with its resume state and :class:`TrainingInterrupted` is raised. (Under
+    ``torchrun`` the signals keep their usual effect: the ranks could not agree on a step.)
 
     ``config`` is a complete training config (:func:`training.train_config.complete`);
     ``resume`` a checkpoint directory written by an earlier run of the same config.
@@ -401,8 +415,12 @@ class Trainer:
         """Train; returns the final checkpoint directory (``out_dir/final``)."""
         threads = torch.get_num_threads()
         self._setup_device()
+        self._stop = GracefulStop()
         try:
-            return self._run()
+            if self.dist.world > 1:
+                return self._run()
+            with self._stop:
+                return self._run()
         finally:
             torch.set_num_threads(threads)  # process-wide setting: leave it as found
             if self.dist.world > 1:
@@ -491,6 +509,7 @@ class Trainer:
                 f'effective rank {values["val/effective_rank"]:.1f}/{self.model.config.embed_dim}'
             )
 
+        self._stop.check()  # interrupted while setting up: nothing to save
         if step == 0:
             self._validate_on_main(end_of_validation, step)  # the starting point of the health curves
         while step < total:
@@ -547,6 +566,11 @@ class Trainer:
                     self.save('last', step, counters(), counters()['elapsed'])
                     if train['keep_checkpoints']:
                         self.save(f'step-{step:08d}', step, counters(), counters()['elapsed'])
+                if self._stop.requested:  # Ctrl-C: keep this step, resumable, and stop
+                    bar.close()
+                    last = self.save('last', step, counters(), counters()['elapsed'])
+                    self.writer.close()
+                    raise TrainingInterrupted(self._stop.signum, step, last)
                 if step >= total:
                     break
             else:

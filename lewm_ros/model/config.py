@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -39,29 +39,40 @@ class ModelConfig:
     predictor_mlp_dim: int = 2048
     predictor_dropout: float = 0.1
 
+    # Upper limits, checked before anything is built: a typo or a damaged meta.json must give an
+    # error, not a 20 GB allocation. Each is at least 4x the paper's value (config/train/paper.yaml);
+    # raise one here to train a model beyond them.
+    MAX_SIZES: ClassVar[dict[str, int]] = {
+        'image_size': 1024,
+        'patch_size': 64,
+        'encoder_width': 2048,
+        'encoder_depth': 64,
+        'encoder_heads': 64,
+        'encoder_mlp_dim': 8192,
+        'embed_dim': 2048,
+        'projector_hidden': 16384,
+        'action_dim': 64,
+        'frameskip': 100,
+        'history': 64,
+        'action_hidden': 8192,
+        'predictor_depth': 64,
+        'predictor_heads': 64,
+        'predictor_head_dim': 256,
+        'predictor_mlp_dim': 16384,
+    }
+    MAX_PATCHES: ClassVar[int] = 4096  # (image_size / patch_size)^2; the paper's is 256
+
     def __post_init__(self) -> None:
         problems = []
-        for name in (
-            'image_size',
-            'patch_size',
-            'encoder_width',
-            'encoder_depth',
-            'encoder_heads',
-            'encoder_mlp_dim',
-            'embed_dim',
-            'projector_hidden',
-            'action_dim',
-            'frameskip',
-            'history',
-            'action_hidden',
-            'predictor_depth',
-            'predictor_heads',
-            'predictor_head_dim',
-            'predictor_mlp_dim',
-        ):
+        for name in self.MAX_SIZES:  # every integer size
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f'{name} must be a positive integer, got {value!r}')
+            elif value > self.MAX_SIZES[name]:
+                problems.append(
+                    f'{name} is {value}, above the limit of {self.MAX_SIZES[name]} '
+                    '(ModelConfig.MAX_SIZES in lewm_ros/model/config.py)'
+                )
         if not problems:
             if self.image_size % self.patch_size:
                 problems.append(
@@ -72,7 +83,13 @@ class ModelConfig:
                     f'encoder_width {self.encoder_width} is not divisible by '
                     f'encoder_heads {self.encoder_heads}'
                 )
-        if not 0.0 <= float(self.predictor_dropout) < 1.0:
+            if self.num_patches > self.MAX_PATCHES:
+                problems.append(
+                    f'image_size {self.image_size} / patch_size {self.patch_size} makes {self.num_patches} '
+                    f'patches, above the limit of {self.MAX_PATCHES} (ModelConfig.MAX_PATCHES)'
+                )
+        dropout = self.predictor_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             problems.append(f'predictor_dropout must be in [0, 1), got {self.predictor_dropout!r}')
         if problems:
             raise ValueError('invalid model config: ' + '; '.join(problems))
