@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from lewm_ros import safetensors_io
 from lewm_ros.model import LeWM, ModelConfig
@@ -257,25 +256,10 @@ def _check_action_bounds(meta: dict[str, Any], action_dim: int, meta_path: Path)
             )
 
 
-class _GivenTensorsStay(TorchFunctionMode):
-    """Inside ``torch.device('meta')``: ``torch.as_tensor`` of an existing tensor keeps its device.
-
-    So the action statistics handed to ``LeWM`` stay small CPU tensors that its constructor can
-    check by value, while every parameter is created on the meta device (no memory).
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        if func is torch.as_tensor and args and isinstance(args[0], torch.Tensor):
-            kwargs.setdefault('device', args[0].device)
-        return func(*args, **kwargs)
-
-
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor a checkpoint of ``cfg`` holds, without allocating the model."""
-    mean, std = torch.zeros(cfg.action_dim), torch.ones(cfg.action_dim)
-    with torch.device('meta'), _GivenTensorsStay():
-        model = LeWM(cfg, action_mean=mean, action_std=std)
+    with torch.device('meta'):  # shapes only: no memory, whatever the config asks for
+        model = LeWM(cfg)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
