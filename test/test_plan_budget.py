@@ -20,20 +20,27 @@ def test_a_plan_that_fits_is_left_alone() -> None:
     assert fit_to_budget(config, COST, budget=1.0) == (config, None)
 
 
-@pytest.mark.parametrize('budget', [0.5, 0.1, 0.02])
-def test_an_oversized_plan_is_capped_to_fit_and_the_note_says_so(budget: float) -> None:
+def test_iterations_that_do_not_fit_are_left_to_the_deadline_and_the_note_says_so() -> None:
+    config = PlannerConfig(samples=300, iterations=30, elites=30)  # one iteration: 33 ms, all: 0.93 s
+    fitted, note = fit_to_budget(config, COST, budget=0.2)
+    assert fitted == config  # one iteration fits: nothing to cap, the deadline skips the rest
+    assert note and '300 samples x 30 iterations' in note and 'about 6 of the 30 iterations' in note
+
+
+@pytest.mark.parametrize('budget', [0.0205, 0.005])
+def test_samples_are_capped_so_that_one_iteration_fits(budget: float) -> None:
     config = PlannerConfig(samples=300, iterations=30, elites=30)
     fitted, note = fit_to_budget(config, COST, budget)
-    assert COST.seconds(fitted.samples, fitted.iterations) <= budget
-    assert fitted.samples < 300 and 2 <= fitted.elites <= fitted.samples // 2
-    assert note and '300 samples x 30 iterations' in note
-    assert f'{fitted.samples} x {fitted.iterations}' in note
+    assert COST.seconds(fitted.samples, 1) <= budget
+    assert COST.seconds(fitted.samples + 10, 1) > budget  # not capped more than needed
+    assert fitted.iterations == 30 and 2 <= fitted.elites <= fitted.samples // 2
+    assert f'samples capped to {fitted.samples}' in note
 
 
-def test_a_budget_nothing_fits_gives_the_smallest_plan_and_says_so() -> None:
+def test_a_budget_nothing_fits_gives_the_smallest_population_and_says_so() -> None:
     fitted, note = fit_to_budget(PlannerConfig(samples=100000, iterations=30, elites=30), COST, budget=0.001)
-    assert (fitted.samples, fitted.iterations) == (MIN_SAMPLES, 1)
-    assert 'first iteration' in note
+    assert fitted.samples == MIN_SAMPLES
+    assert 'about 1 of the 30 iterations' in note
 
 
 @pytest.fixture(scope='module')
@@ -57,8 +64,10 @@ def test_measured_cost_predicts_a_plan_of_another_size(planner: LatentPlanner) -
         start = time.perf_counter()
         probe.plan(frames, blocks, goal)
         times.append(time.perf_counter() - start)
-    # A loaded machine slows the real plan, never speeds it up: the estimate must not be far above.
-    assert cost.seconds(128, 6) < 3 * min(times) + 0.005, (cost, times)
+    # The cost model is a straight line through small plans: it must predict a larger one to within
+    # the spread a shared machine adds to either measurement (a factor 4 each way).
+    actual = min(times)
+    assert actual / 4 < cost.seconds(128, 6) < 4 * actual + 0.002, (cost, times)
 
 
 @pytest.mark.parametrize('solver', ['cem', 'icem', 'mppi'])

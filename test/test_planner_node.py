@@ -283,24 +283,64 @@ def test_30_hz_640x480_camera_keeps_the_control_rate_with_no_stale_tick(setup) -
     assert not [w for w in h.warnings('stale')]
 
 
-def test_reliable_camera_qos_receives_camera_sized_frames(setup) -> None:
-    node, h = setup(publisher_qos=QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
-                    camera_qos='reliable')
-    assert node._camera_reliability == 'reliable'
-    frame = Image(**rgb_to_image_fields(rgb(h.rng, 480, 640)))
-    for i in range(5):
-        h.camera.publish(frame)
-        assert wait_for(lambda n=i: node.frames_received > n, 5.0), f'frame {i} of 640 x 480 never arrived'
+CAMERA_PROCESS = """
+import sys, time
+import numpy as np
+import rclpy
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from lewm_ros.image_conversion import rgb_to_image_fields
+rclpy.init()
+node = rclpy.create_node('camera_driver')
+reliability = ReliabilityPolicy.RELIABLE if sys.argv[1] == 'reliable' else ReliabilityPolicy.BEST_EFFORT
+publisher = node.create_publisher(Image, 'camera/image_raw', QoSProfile(depth=5, reliability=reliability))
+width, height = int(sys.argv[2]), int(sys.argv[3])
+msg = Image(**rgb_to_image_fields(np.full((height, width, 3), 90, np.uint8)))
+print('up', flush=True)
+while True:
+    publisher.publish(msg)
+    time.sleep(0.1)
+"""
 
 
-def test_auto_qos_matches_a_reliable_publisher_that_starts_later(setup) -> None:
-    node, h = setup(publisher_qos=QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    frame = Image(**rgb_to_image_fields(rgb(h.rng, 480, 640)))
-    h.stream_frames(rate_hz=10.0, make=lambda: frame)
+def _camera_driver(reliability: str, width: int = 640, height: int = 480) -> subprocess.Popen:
+    """A camera driver in its own process (in one process DDS delivers any frame whatever the QoS)."""
+    proc = subprocess.Popen([sys.executable, '-c', CAMERA_PROCESS, reliability, str(width), str(height)],
+                            stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    assert proc.stdout.readline().strip() == 'up'
+    return proc
+
+
+@pytest.mark.parametrize('camera_qos', ['reliable', 'auto'])
+def test_camera_sized_frames_from_a_reliable_driver_arrive(setup, camera_qos: str) -> None:
+    """640 x 480 from a reliable publisher in another process: lost whole to a best-effort subscriber here."""
+    node, h = setup(camera_qos=camera_qos)
+    driver = _camera_driver('reliable')
     try:
-        assert wait_for(lambda: node.frames_received >= 5, 15.0), 'auto QoS never received the frames'
+        arrived = wait_for(lambda: node.frames_received >= 5, 20.0)
+        assert arrived, f'no 640 x 480 frame with camera_qos {camera_qos}'
+        assert node._camera_reliability == 'reliable'
+        received = node.frames_received
+        wait_ticks(node, 10)  # two seconds: frames keep coming, at the driver's 10 Hz
+        assert node.frames_received - received >= 12
     finally:
-        h.stop_stream()
+        driver.kill()
+        driver.wait()
+
+
+def test_auto_qos_follows_a_best_effort_driver(setup) -> None:
+    node, h = setup(publisher_qos=QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert wait_for(lambda: node._camera_reliability == 'reliable', 5.0), 'auto did not match the harness'
+    h.node.destroy_publisher(h.camera)
+    driver = _camera_driver('best_effort', 64, 64)  # small: best effort delivers it
+    try:
+        assert wait_for(lambda: node._camera_reliability == 'best-effort', 10.0)
+        received = node.frames_received
+        assert wait_for(lambda: node.frames_received > received, 10.0)
+    finally:
+        driver.kill()
+        driver.wait()
 
 
 def test_best_effort_subscriber_explains_why_no_frames_arrive(rclpy_context, spinner, checkpoint) -> None:
@@ -547,8 +587,10 @@ def test_oversized_planner_settings_are_capped_to_the_tick_budget(setup) -> None
         assert wait_for(lambda: len(node.plan_times_ms) >= 5, 30.0)
     finally:
         h.stop_stream()
+    # Bounded: about one budget (the first iteration always runs), whatever the settings asked for.
     budget_ms = node.plan_budget() * 1e3
-    assert sorted(node.plan_times_ms)[len(node.plan_times_ms) // 2] <= budget_ms, list(node.plan_times_ms)
+    times = sorted(node.plan_times_ms)
+    assert times[len(times) // 2] <= 1.5 * budget_ms and times[-1] <= 4 * budget_ms, times
     # A run-time update is capped the same way, with the measurement taken at start.
     (result,) = h.set_params(samples=50000)
     assert result.successful

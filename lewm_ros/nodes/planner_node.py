@@ -60,7 +60,7 @@ from lewm_ros.nodes.action_messages import action_message_class, action_to_messa
 from lewm_ros.nodes.node_runner import run_node  # noqa: E402
 from lewm_ros.nodes.parameter_specs import declare  # noqa: E402
 from lewm_ros.nodes.planner_params import PLANNER_PARAMS  # noqa: E402
-from lewm_ros.planning.budget import PlanCost, fit_to_budget, measure_plan_cost  # noqa: E402
+from lewm_ros.planning.budget import PlanCost, fit_measured, fit_to_budget, measure_plan_cost  # noqa: E402
 from lewm_ros.planning.config import PlannerConfig  # noqa: E402
 from lewm_ros.planning.goal_metric import NOT_CALIBRATED, goal_metric_from_meta  # noqa: E402
 from lewm_ros.planning.planner import LatentPlanner  # noqa: E402
@@ -130,7 +130,7 @@ class PlannerNode(Node):
             raise ValueError(NOT_CALIBRATED)
         _planner_config(p)  # a bad combination (elites > samples, ...) stops the node here
         self.plan_cost: PlanCost = measure_plan_cost(self._planner(_planner_config(p), self.bounds))
-        planner, self.budget_note = self._fitted_planner(p, self.bounds)
+        planner, self.budget_note = self._fitted_planner(p, self.bounds, timed=True)
         self.mpc = LatentMPC(planner, self._threshold(p['surprise_threshold']), p['replan_every'])
 
         # Hand-over between the executor (callbacks) and the control thread, under _lock.
@@ -163,12 +163,13 @@ class PlannerNode(Node):
         self._tick_starts: deque[float] = deque(maxlen=2000)
 
         self._camera_type = Image if p['camera_transport'] == 'raw' else CompressedImage
+        self._camera_type_name = f'sensor_msgs/msg/{self._camera_type.__name__}'
         self._camera_topic = (p['camera_topic'] if p['camera_transport'] == 'raw'
                               else p['camera_topic'].rstrip('/') + '/compressed')
         self._camera_sub = None
         self._subscribe_camera(p['camera_qos'] == 'reliable')
-        if p['camera_qos'] == 'auto' and self._publishers_reliable():
-            self._subscribe_camera(True)  # the camera is up already and offers reliable frames
+        if p['camera_qos'] == 'auto':
+            self._match_camera_qos()  # the camera may be up already
         self.create_subscription(Image, p['goal_topic'], self._on_goal, _LATCHED)
         self.create_service(Trigger, '~/set_goal_from_camera', self._srv_goal_from_camera)
         self.create_service(Trigger, '~/clear_goal', self._srv_clear_goal)
@@ -204,8 +205,14 @@ class PlannerNode(Node):
             return float(p['max_plan_time'])
         return FRAME_DRIVEN_PLAN_TIME if p['frame_driven'] else 0.8 / p['control_rate_hz']
 
-    def _fitted_planner(self, p: dict[str, Any], bounds: ActionBounds) -> tuple[LatentPlanner, str | None]:
-        config, note = fit_to_budget(_planner_config(p), self.plan_cost, self.plan_budget(p))
+    def _fitted_planner(self, p: dict[str, Any], bounds: ActionBounds,
+                        timed: bool = False) -> tuple[LatentPlanner, str | None]:
+        """The planner for ``p``, its samples capped to the plan budget (``timed``: checked by timing)."""
+        planner = self._planner(_planner_config(p), bounds)
+        if timed:
+            config, note = fit_measured(planner, self.plan_cost, self.plan_budget(p))
+        else:
+            config, note = fit_to_budget(planner.config, self.plan_cost, self.plan_budget(p))
         return self._planner(config, bounds), note
 
     def _threshold(self, parameter: float) -> float | None:
@@ -237,8 +244,13 @@ class PlannerNode(Node):
                         f'{self.bounds.clip(zero).tolist()}')
 
     # -- camera subscription ------------------------------------------------------------------------
-    def _publishers_reliable(self) -> bool:
-        publishers = self.get_publishers_info_by_topic(self._camera_sub.topic_name)
+    def _camera_publishers(self) -> list[Any]:
+        """Endpoint info of the publishers of our message type on the camera topic."""
+        return [info for info in self.get_publishers_info_by_topic(self._camera_sub.topic_name)
+                if info.topic_type == self._camera_type_name]
+
+    @staticmethod
+    def _all_reliable(publishers: list[Any]) -> bool:
         return bool(publishers) and all(
             info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers)
 
@@ -249,8 +261,23 @@ class PlannerNode(Node):
         self._camera_sub = self.create_subscription(self._camera_type, self._camera_topic, self._on_camera,
                                                     _camera_qos(reliable))
 
+    def _match_camera_qos(self) -> None:
+        """camera_qos auto: subscribe reliable when every publisher is, best effort otherwise.
+
+        Matching matters even while some frames arrive: a best-effort subscriber loses large
+        frames from a reliable publisher in bursts, and a reliable one gets none from a
+        best-effort publisher.
+        """
+        publishers = self._camera_publishers()
+        reliable = self._all_reliable(publishers)
+        if publishers and reliable != (self._camera_reliability == 'reliable'):
+            self._subscribe_camera(reliable)
+            self.get_logger().info(f'camera_qos auto: the publishers on {self._camera_sub.topic_name} are '
+                                   f'{"" if reliable else "not all "}reliable: subscribing '
+                                   f'{self._camera_reliability}')
+
     def _check_camera_input(self, now: float) -> None:
-        """Explain why no frames arrive (and, with camera_qos auto, match the publishers' QoS)."""
+        """Explain why no frames arrive: no publisher, another message type, or QoS."""
         last = self._latest_msg[1] if self._latest_msg else None
         if last is not None and now - last < max(2.0, 2 * self.params['stale_timeout']):
             return
@@ -258,24 +285,19 @@ class PlannerNode(Node):
         publishers = self.get_publishers_info_by_topic(topic)
         if not publishers:
             other = topic[:-len('/compressed')] if topic.endswith('/compressed') else topic + '/compressed'
-            hint = (f'; {other} has publishers: set camera_transport accordingly'
+            hint = ('; ' + other + ' has publishers: set camera_transport accordingly'
                     if self.get_publishers_info_by_topic(other) else '')
             self._warn_every('no-publisher', 10.0, f'no camera frames: nothing is published on {topic}{hint}')
             return
-        ours = self._camera_type.__module__.split('.')[0] + '/msg/' + self._camera_type.__name__
-        wrong = sorted({info.topic_type for info in publishers} - {ours})
+        wrong = sorted({info.topic_type for info in publishers} - {self._camera_type_name})
         if wrong:
             self._warn_every('wrong-type', 10.0, f'camera topic {topic} carries {", ".join(wrong)} but '
-                             f'this node reads {ours}: set camera_transport (raw: sensor_msgs/Image, '
-                             'compressed: sensor_msgs/CompressedImage on <camera_topic>/compressed)')
+                             f'this node reads {self._camera_type_name}: set camera_transport (raw: '
+                             'sensor_msgs/Image, compressed: sensor_msgs/CompressedImage on '
+                             '<camera_topic>/compressed)')
             return
         reliable = [info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers]
-        mode = self.params['camera_qos']
-        if mode == 'auto' and all(reliable) != (self._camera_reliability == 'reliable'):
-            self._subscribe_camera(all(reliable))
-            self.get_logger().info(f'camera_qos auto: {len(publishers)} publisher(s) on {topic}, no frames: '
-                                   f'now subscribing {self._camera_reliability}')
-        elif self._camera_reliability == 'best-effort' and all(reliable):
+        if self._camera_reliability == 'best-effort' and all(reliable):
             self._warn_every('qos', 10.0, f'{len(publishers)} reliable publisher(s) on {topic} but no frame '
                              'arrives: large frames sent to a best-effort subscriber are often lost whole; '
                              'set camera_qos:=reliable (or auto)')
@@ -601,6 +623,8 @@ class PlannerNode(Node):
 
     def _on_health(self) -> None:
         now = time.monotonic()
+        if self.params['camera_qos'] == 'auto':
+            self._match_camera_qos()
         self._check_camera_input(now)
         figures = self.health()
         status = DiagnosticStatus(name=f'{self.get_name()}: control loop',
