@@ -128,7 +128,6 @@ class PlannerNode(Node):
         self._goal_metric = goal_metric_from_meta(self.meta, cfg.embed_dim)
         if p['goal_metric'] == 'whitened' and self._goal_metric is None:
             raise ValueError(NOT_CALIBRATED)
-        _planner_config(p)  # a bad combination (elites > samples, ...) stops the node here
         self.plan_cost: PlanCost = measure_plan_cost(self._planner(_planner_config(p), self.bounds))
         planner, self.budget_note = self._fitted_planner(p, self.bounds, timed=True)
         self.mpc = LatentMPC(planner, self._threshold(p['surprise_threshold']), p['replan_every'])
