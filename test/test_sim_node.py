@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +25,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from lewm_ros.image_conversion import image_msg_to_rgb  # noqa: E402
 from lewm_ros.nodes.sim_node import SimNode  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -91,3 +98,57 @@ def test_teleport_changes_the_view_and_reset_publishes_a_new_goal(sim) -> None:
     assert client.call('sim/reset').success
     assert node.episode == episode + 1
     assert wait_for(lambda: len(client.goals) > goals, 5.0), 'no goal image after reset'
+
+
+# -- the sim_node process: signals and start-up errors -------------------------------------------------
+def _sim_process(*ros_args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``sim_node`` in a process of its own, its output (the ROS log lines) in ``log``."""
+    environment = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
+                   'PYTHONUNBUFFERED': '1', **(env or {})}
+    with open(log, 'w') as out:
+        return subprocess.Popen([sys.executable, '-m', 'lewm_ros.nodes.sim_node', '--ros-args', *ros_args],
+                                stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=REPO)
+
+
+@pytest.mark.parametrize('run', range(3))
+def test_sigint_exits_0_without_a_traceback(tmp_path: Path, run: int) -> None:
+    log = tmp_path / 'sim.log'
+    process = _sim_process('-p', 'img_size:=32', '-p', f'seed:={run}', log=log)
+    try:
+        assert wait_for(lambda: 'simulating' in log.read_text() or process.poll() is not None, 60.0, 0.1), \
+            f'sim_node did not start:\n{log.read_text()}'
+        assert process.poll() is None, f'sim_node exited at start:\n{log.read_text()}'
+        time.sleep(0.5 * run)  # a little later each run: mid-tick as well as idle
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = log.read_text()
+    assert code == 0, output
+    assert 'Traceback' not in output and 'terminate called' not in output, output
+
+
+@pytest.mark.parametrize(('ros_args', 'env', 'expected'), [
+    (('-p', 'env_id:=lewm/Nope-v0'), {}, ["unknown task 'lewm/Nope-v0'"]),
+    (('-p', 'img_size:=8'), {}, ['img_size']),
+    (('--params-file', '/nonexistent/sim.yaml'), {}, ['/nonexistent/sim.yaml']),
+    ((), {'MUJOCO_GL': 'nonsense'}, ["MUJOCO_GL='nonsense'", 'EGL']),
+], ids=['unknown-env-id', 'bad-parameter', 'missing-params-file', 'no-renderer'])
+def test_a_start_up_error_is_one_fatal_line_and_exit_1(
+        tmp_path: Path, ros_args: tuple[str, ...], env: dict[str, str], expected: list[str]) -> None:
+    log = tmp_path / 'sim.log'
+    process = _sim_process(*ros_args, log=log, env=env)
+    try:
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    output = log.read_text()
+    assert code == 1, output
+    fatal = [line for line in output.splitlines() if '[FATAL]' in line and '[lewm_sim]' in line]
+    assert len(fatal) == 1, output
+    assert all(text in fatal[0] for text in expected), output
+    assert 'Traceback' not in output, output

@@ -9,11 +9,13 @@ Services: ``sim/reset``, ``sim/teleport``, ``sim/recolour`` (std_srvs/Trigger).
 
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import rclpy.logging
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -58,6 +60,37 @@ PARAMS = (
 )
 
 
+class SimStartError(RuntimeError):
+    """The simulator cannot start: MuJoCo or its offscreen renderer (EGL, OSMesa) does not work here."""
+
+
+def open_env(env_id: str, img_size: int) -> Any:
+    """Make task ``env_id`` and render one frame, which creates the GL context; call it in one thread.
+
+    An unknown task or size is a ``ValueError`` from ``make_env``. Anything else that fails here
+    (mujoco's import, no libEGL, no libOSMesa, a GL context that cannot be made) raises
+    ``SimStartError`` naming the cause and the renderer in use, so the node stops with one line.
+    """
+    env = None
+    try:
+        env = make_env(env_id, img_size=img_size)
+        env.render()
+        return env
+    except ValueError:
+        raise
+    except Exception as err:
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # the renderer is broken already: report the first error
+                pass
+        gl = os.environ.get('MUJOCO_GL', '')
+        raise SimStartError(
+            f'cannot simulate {env_id} with MUJOCO_GL={gl!r}: {type(err).__name__}: {err} (headless '
+            'rendering needs EGL, libEGL with MUJOCO_GL=egl, or OSMesa, libOSMesa with MUJOCO_GL=osmesa)'
+        ) from err
+
+
 class SimNode(Node):
     """The MuJoCo task as a ROS 2 node; see the module docstring."""
 
@@ -70,7 +103,7 @@ class SimNode(Node):
         # An EGL context belongs to the thread that made it current, and executor callbacks run on
         # any of its threads: every MuJoCo call goes through this one thread.
         self._mujoco_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix='mujoco')
-        self.env = self._in_mujoco_thread(make_env, p['env_id'], img_size=p['img_size'])
+        self.env = self._in_mujoco_thread(open_env, p['env_id'], p['img_size'])
         self.action_dim = int(self.env.action_space.shape[0])
         rate = p['control_rate_hz'] or float(self.env.control_rate_hz)
         self._rng = np.random.default_rng(p['seed'])
@@ -201,8 +234,23 @@ class SimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run lewm_ros sim_node``; exits non-zero when it cannot start."""
-    return run_node(args, 'lewm_sim', SUMMARY, PARAMS, SimNode, (ValueError, FileNotFoundError),
-                    'services: sim/reset, sim/teleport, sim/recolour (std_srvs/Trigger)')
+    initialised = False  # rclpy.init has succeeded once the node is being made
+
+    def make_node() -> SimNode:
+        nonlocal initialised
+        initialised = True
+        return SimNode()
+
+    try:
+        return run_node(args, 'lewm_sim', SUMMARY, PARAMS, make_node,
+                        (ValueError, FileNotFoundError, SimStartError),
+                        'services: sim/reset, sim/teleport, sim/recolour (std_srvs/Trigger)')
+    except RuntimeError as err:  # rclpy's errors (RCLError, UnknownROSArgsError) are RuntimeErrors
+        if initialised:
+            raise
+        # rclpy.init itself: a --params-file that cannot be read or parsed, unknown or bad --ros-args.
+        rclpy.logging.get_logger('lewm_sim').fatal(f'cannot start: {type(err).__name__}: {err}')
+        return 1
 
 
 if __name__ == '__main__':
