@@ -34,7 +34,7 @@ setup(
     ],
     # torch is deliberately unpinned here: the set-up script (or the ROS distro) installs the build
     # that fits the machine; pinning it here would let pip replace a CPU build with a CUDA one.
-    install_requires=['numpy', 'pyyaml', 'torch', 'setuptools'],
+    install_requires=['numpy', 'pyyaml', 'torch', 'pillow', 'setuptools'],
     extras_require={
         'sim': ['mujoco>=3.1', 'gymnasium>=1.0'],
         'train': ['h5py', 'tqdm', 'matplotlib', 'tensorboard', 'opencv-python-headless'],

@@ -18,12 +18,18 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 
 
 class SpinningExecutor:
-    """A multi-threaded executor spun in a background thread, with nodes added by the test."""
+    """A single-threaded executor spun in a background thread, with nodes added by the test.
+
+    Single-threaded, as ``planner_node`` and ``sim_node`` spin themselves: every callback of these
+    nodes is short (planning runs in the planner's own thread). rclpy's multi-threaded executor
+    spins a core whenever a ready entity's mutually exclusive group is busy, which starved the
+    nodes under test on two cores.
+    """
 
     def __init__(self, context: object) -> None:
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
 
-        self.executor = MultiThreadedExecutor(num_threads=4, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self._nodes: list[object] = []
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()

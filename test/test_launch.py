@@ -34,11 +34,6 @@ LAUNCH_DIR = REPO / 'launch'
 LAUNCH_FILES = ('planner.launch.py', 'sim.launch.py')
 WAIT_S = 60.0  # bounds every wait: a launch error must fail the test, not hang it
 
-# TODO(lead): remove this allow-list once planner_params.py declares these (the planner rewrite
-# adds them); the test then reads them from PLANNER_PARAMS like the others.
-NEW_PLANNER_PARAMS = {'camera_transport', 'camera_qos', 'diagnostics_topic'}
-
-
 def _sim_params() -> set[str]:
     """Names of sim_node's PARAMS, read from its source (importing it needs rclpy and mujoco)."""
     tree = ast.parse((REPO / 'lewm_ros' / 'nodes' / 'sim_node.py').read_text())
@@ -55,7 +50,7 @@ def _called(node: ast.AST) -> str:
 
 
 NODE_PARAMS = {
-    'planner_node': {p.name for p in PLANNER_PARAMS} | NEW_PLANNER_PARAMS,
+    'planner_node': {p.name for p in PLANNER_PARAMS},
     'sim_node': _sim_params(),
 }
 # Settings of the planner's topics that planner.launch.py must offer, besides every *_topic.

@@ -312,32 +312,26 @@ def _camera_driver(reliability: str, width: int = 640, height: int = 480) -> sub
     return proc
 
 
-@pytest.mark.parametrize('camera_qos', ['reliable', 'auto'])
-def test_camera_sized_frames_from_a_reliable_driver_arrive(setup, camera_qos: str) -> None:
-    """640 x 480 from a reliable publisher in another process: lost whole to a best-effort subscriber here."""
-    node, h = setup(camera_qos=camera_qos)
-    driver = _camera_driver('reliable')
+@pytest.mark.parametrize('reliability,size,camera_qos', [
+    ('reliable', (640, 480), 'reliable'), ('reliable', (640, 480), 'auto'),
+    ('best_effort', (64, 64), 'auto')])
+def test_frames_from_a_camera_driver_in_another_process_arrive(rclpy_context, spinner, checkpoint,
+                                                               reliability, size, camera_qos) -> None:
+    """Cross-process, as on a robot; auto matches the driver's reliability.
+
+    Here a best-effort subscriber loses every 640 x 480 frame of a reliable driver, and a
+    reliable one gets nothing from a best-effort driver.
+    """
+    node = spinner.add(PlannerNode(context=rclpy_context, checkpoint=str(checkpoint), device='cpu',
+                                   camera_qos=camera_qos, control_rate_hz=RATE_HZ, **FAST_PLANNER))
+    driver = _camera_driver(reliability, *size)
     try:
         arrived = wait_for(lambda: node.frames_received >= 5, 20.0)
-        assert arrived, f'no 640 x 480 frame with camera_qos {camera_qos}'
-        assert node._camera_reliability == 'reliable'
+        assert arrived, f'no frame from a {reliability} {size} driver with camera_qos {camera_qos}'
+        assert node._camera_reliability == ('reliable' if reliability == 'reliable' else 'best-effort')
         received = node.frames_received
         wait_ticks(node, 10)  # two seconds: frames keep coming, at the driver's 10 Hz
         assert node.frames_received - received >= 12
-    finally:
-        driver.kill()
-        driver.wait()
-
-
-def test_auto_qos_follows_a_best_effort_driver(setup) -> None:
-    node, h = setup(publisher_qos=QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    assert wait_for(lambda: node._camera_reliability == 'reliable', 5.0), 'auto did not match the harness'
-    h.node.destroy_publisher(h.camera)
-    driver = _camera_driver('best_effort', 64, 64)  # small: best effort delivers it
-    try:
-        assert wait_for(lambda: node._camera_reliability == 'best-effort', 10.0)
-        received = node.frames_received
-        assert wait_for(lambda: node.frames_received > received, 10.0)
     finally:
         driver.kill()
         driver.wait()
@@ -458,8 +452,9 @@ def test_stale_camera_sends_the_safe_action(setup, safe_action: str) -> None:
     h.stream_frames()
     assert wait_for(lambda: len(h.actions) >= 3 and np.abs(h.actions[-1][1]).sum() > 0, 15.0)
     h.stop_stream()
-    assert wait_for(lambda: node.stale_ticks > 0, 10.0), 'the node never saw the camera as stale'
-    first_stale = node.actions_sent - 1  # the action just sent is a stale one; DDS keeps the order
+    assert wait_for(lambda: node.safe_actions.get('camera stale', 0) > 0, 10.0), 'never saw the camera stale'
+    with node._send_lock:  # no action is sent meanwhile: the count splits planned from stale ones
+        first_stale = node.actions_sent - node.safe_actions['camera stale']  # DDS keeps the order
     wait_ticks(node, 3)
     assert wait_for(lambda: len(h.actions) >= first_stale + 3, 10.0), 'nothing sent while stale'
     stale = [a for _, a in h.actions[first_stale:]]
@@ -478,7 +473,7 @@ def test_held_safe_action_is_clipped_to_bounds_tightened_after_it_was_sent(setup
     h.stream_frames()
     assert wait_for(lambda: len(h.actions) >= 3 and np.abs(h.actions[-1][1]).max() > 0.05, 20.0)
     h.stop_stream()
-    assert wait_for(lambda: node.stale_ticks > 0, 10.0)
+    assert wait_for(lambda: node.safe_actions.get('camera stale', 0) > 0, 10.0)
     held = node.gate.last_sent.copy()
     limit = float(np.abs(held).max()) / 2
     results = h.set_params(action_low=[-limit, -limit], action_high=[limit, limit])
@@ -559,11 +554,22 @@ def test_planner_exception_sends_the_safe_action_and_the_node_recovers(setup) ->
         good_goal = node.mpc._goal
         node.mpc._goal = torch.zeros(1, 7)  # a goal embedding of the wrong size: the planner raises
         node.mpc.restart_plan()
-        assert wait_for(lambda: node.planner_errors >= 2, 10.0), 'the broken planner never failed'
-        errors_at = node.actions_sent
+
+        def failures() -> int:
+            return node.safe_actions.get('planning failed', 0)
+
+        assert wait_for(lambda: failures() >= 2, 10.0), 'the broken planner never failed'
+        # From now on every tick fails (this test changed the goal from another thread, so the
+        # ticks around the change may still send what was planned before it). Counters are read
+        # under the send lock, so no action is half-counted.
+        with node._send_lock:
+            start, first = node.actions_sent, failures()
+        assert wait_for(lambda: failures() >= first + 3, 10.0)
+        with node._send_lock:
+            errors_at = node.actions_sent
         assert wait_for(lambda: len(h.actions) >= errors_at, 5.0)
-        failed = [a for _, a in h.actions[errors_at - 2:errors_at]]
-        assert all(np.array_equal(a, np.zeros(2)) for a in failed), failed
+        failed = [a for _, a in h.actions[start:errors_at]]
+        assert len(failed) >= 3 and all(np.array_equal(a, np.zeros(2)) for a in failed), failed
         assert wait_for(lambda: any(m.status[0].level == m.status[0].ERROR for m in h.health), 5.0)
         node.mpc._goal = good_goal
         errors = node.planner_errors
@@ -738,3 +744,14 @@ def test_out_of_range_parameter_at_start_exits_non_zero(checkpoint: Path) -> Non
     output = result.stdout + result.stderr
     assert result.returncode == 1 and 'invalid parameters' in output
     assert 'samples' in output and 'safe_action' in output, output
+
+
+def test_unreadable_params_file_exits_1_with_one_fatal_line(tmp_path: Path) -> None:
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('/**/lewm_planner:\n  ros__parameters:\n    samples: [unclosed\n')
+    for params_file in (tmp_path / 'missing.yaml', broken):
+        args = ['--ros-args', '--params-file', str(params_file)]
+        result = subprocess.run([sys.executable, '-m', 'lewm_ros.nodes.planner_node', *args],
+                                capture_output=True, text=True, timeout=120)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1 and 'cannot start' in output and 'Traceback' not in output, output

@@ -38,7 +38,7 @@ class EpisodeTrace:
 def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
     """Play the episodes and report; returns the process exit code."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     from lewm_ros.checkpoint import inspect_checkpoint
     from lewm_ros.nodes.planner_node import PlannerNode
@@ -50,7 +50,9 @@ def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
           f'{meta["image_size"]} px), task {env_id}, {args.episodes} episodes + 1 surprise episode')
     context = rclpy.context.Context()
     rclpy.init(context=context)
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    # Single-threaded, like the nodes' own main(): every callback is short (the planner plans in
+    # its own thread), and rclpy's multi-threaded executor spins a core on busy callback groups.
+    executor = SingleThreadedExecutor(context=context)
     nodes: list[Any] = []
     try:
         sim = SimNode(context=context, env_id=env_id, img_size=int(meta['image_size']), mode='lockstep',

@@ -28,6 +28,7 @@ def _quiet_colours() -> None:
 
 def run_node(
     argv: Sequence[str] | None,
+    executable: str,
     name: str,
     summary: str,
     specs: Sequence[ParamSpec],
@@ -37,13 +38,15 @@ def run_node(
 ) -> int:
     """Start the node ``make_node()`` builds, spin it until a signal, shut down; return the exit code.
 
-    ``startup_errors`` are the exceptions that mean "cannot start" (bad checkpoint, bad parameter):
-    they are logged as one FATAL line and give exit code 1. The node may define ``close()``, which
-    runs before it is destroyed.
+    ``executable`` is what ``ros2 run`` calls (for ``--help``), ``name`` the node's name (its
+    logger). ``startup_errors`` are the exceptions that mean "cannot start" (bad checkpoint, bad
+    parameter): they are logged as one FATAL line and give exit code 1, like a failure of
+    ``rclpy.init`` itself (a ``--params-file`` that cannot be read, bad ``--ros-args``). The node
+    may define ``close()``, which runs before it is destroyed.
     """
     argv = list(sys.argv if argv is None else argv)
     if wants_help(argv):
-        print(usage(name, summary, specs, extra_help))
+        print(usage(executable, summary, specs, extra_help))
         return 0
     _quiet_colours()
 
@@ -59,9 +62,13 @@ def run_node(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     logger = rclpy.logging.get_logger(name)
     try:
+        try:
+            rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+        except RuntimeError as err:  # rclpy's RCLError and UnknownROSArgsError are RuntimeErrors
+            logger.fatal(f'cannot start: {type(err).__name__}: {err}')
+            return 1
         try:
             node = make_node()
         except startup_errors as err:

@@ -35,6 +35,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rclpy.callback_groups import ReentrantCallbackGroup  # noqa: E402
+from rclpy.expand_topic_name import expand_topic_name  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import (  # noqa: E402
@@ -165,13 +167,21 @@ class PlannerNode(Node):
         self._camera_type_name = f'sensor_msgs/msg/{self._camera_type.__name__}'
         self._camera_topic = (p['camera_topic'] if p['camera_transport'] == 'raw'
                               else p['camera_topic'].rstrip('/') + '/compressed')
+        # Input callbacks only store under locks, so they may run concurrently: in a multi-threaded
+        # executor a mutually exclusive group would make it spin on every frame that arrives while
+        # another input callback runs (rclpy retries a ready entity whose group is busy).
+        self._inputs = ReentrantCallbackGroup()
+        self._camera_topic_name = expand_topic_name(self._camera_topic, self.get_name(), self.get_namespace())
         self._camera_sub = None
-        self._subscribe_camera(p['camera_qos'] == 'reliable')
+        self._camera_reliability = 'waiting for a publisher'
         if p['camera_qos'] == 'auto':
-            self._match_camera_qos()  # the camera may be up already
-        self.create_subscription(Image, p['goal_topic'], self._on_goal, _LATCHED)
-        self.create_service(Trigger, '~/set_goal_from_camera', self._srv_goal_from_camera)
-        self.create_service(Trigger, '~/clear_goal', self._srv_clear_goal)
+            self._subscribe_camera_like_publishers()  # now if the camera is up, else from the health timer
+        else:
+            self._subscribe_camera(p['camera_qos'] == 'reliable')
+        self.create_subscription(Image, p['goal_topic'], self._on_goal, _LATCHED, callback_group=self._inputs)
+        self.create_service(Trigger, '~/set_goal_from_camera', self._srv_goal_from_camera,
+                            callback_group=self._inputs)
+        self.create_service(Trigger, '~/clear_goal', self._srv_clear_goal, callback_group=self._inputs)
         self.action_pub = self.create_publisher(action_message_class(p['action_type']), p['action_topic'], 10)
         self.plan_pub = self.create_publisher(Float64MultiArray, p['plan_topic'], 10)
         self.surprise_pub = self.create_publisher(DiagnosticArray, p['surprise_topic'], 10)
@@ -231,7 +241,7 @@ class PlannerNode(Node):
                  f'actions within {self.bounds.describe()}, safe action {p["safe_action"]}; '
                  'surprise threshold '
                  f"{'none (run `lewm calibrate`)' if threshold is None else f'{threshold:.4g}'}; camera "
-                 f'{self._camera_sub.topic_name} ({p["camera_transport"]}, {self._camera_reliability} QoS)')
+                 f'{self._camera_topic_name} ({p["camera_transport"]}, {self._camera_reliability})')
         if self.budget_note:
             log.warning(self.budget_note)
         if not self.bounds.bounded:
@@ -245,42 +255,36 @@ class PlannerNode(Node):
     # -- camera subscription ------------------------------------------------------------------------
     def _camera_publishers(self) -> list[Any]:
         """Endpoint info of the publishers of our message type on the camera topic."""
-        return [info for info in self.get_publishers_info_by_topic(self._camera_sub.topic_name)
+        return [info for info in self.get_publishers_info_by_topic(self._camera_topic_name)
                 if info.topic_type == self._camera_type_name]
 
-    @staticmethod
-    def _all_reliable(publishers: list[Any]) -> bool:
-        return bool(publishers) and all(
-            info.qos_profile.reliability == ReliabilityPolicy.RELIABLE for info in publishers)
-
     def _subscribe_camera(self, reliable: bool) -> None:
-        if self._camera_sub is not None:
-            self.destroy_subscription(self._camera_sub)
         self._camera_reliability = 'reliable' if reliable else 'best-effort'
         self._camera_sub = self.create_subscription(self._camera_type, self._camera_topic, self._on_camera,
-                                                    _camera_qos(reliable))
+                                                    _camera_qos(reliable), callback_group=self._inputs)
 
-    def _match_camera_qos(self) -> None:
-        """camera_qos auto: subscribe reliable when every publisher is, best effort otherwise.
+    def _subscribe_camera_like_publishers(self) -> None:
+        """camera_qos auto: once publishers exist, subscribe reliable if all of them are, else best effort.
 
-        Matching matters even while some frames arrive: a best-effort subscriber loses large
-        frames from a reliable publisher in bursts, and a reliable one gets none from a
-        best-effort publisher.
+        A best-effort subscriber loses large frames from a reliable publisher (in bursts, or all
+        of them), and a reliable one gets nothing from a best-effort publisher. The subscription
+        is made once and never replaced: destroying a subscription with a message pending can
+        leave rclpy's multi-threaded executor spinning on a task it can no longer run.
         """
         publishers = self._camera_publishers()
-        reliable = self._all_reliable(publishers)
-        if publishers and reliable != (self._camera_reliability == 'reliable'):
-            self._subscribe_camera(reliable)
-            self.get_logger().info(f'camera_qos auto: the publishers on {self._camera_sub.topic_name} are '
-                                   f'{"" if reliable else "not all "}reliable: subscribing '
-                                   f'{self._camera_reliability}')
+        if not publishers:
+            return
+        self._subscribe_camera(all(info.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                                   for info in publishers))
+        self.get_logger().info(f'camera_qos auto: {len(publishers)} publisher(s) on '
+                               f'{self._camera_topic_name}: subscribing {self._camera_reliability}')
 
     def _check_camera_input(self, now: float) -> None:
         """Explain why no frames arrive: no publisher, another message type, or QoS."""
         last = self._latest_msg[1] if self._latest_msg else None
         if last is not None and now - last < max(2.0, 2 * self.params['stale_timeout']):
             return
-        topic = self._camera_sub.topic_name
+        topic = self._camera_topic_name
         publishers = self.get_publishers_info_by_topic(topic)
         if not publishers:
             other = topic[:-len('/compressed')] if topic.endswith('/compressed') else topic + '/compressed'
@@ -527,11 +531,11 @@ class PlannerNode(Node):
             return
         age = None if self._frame_arrival is None else start - self._frame_arrival
         if age is None or age > self.params['stale_timeout']:
-            self.stale_ticks += 1
             self._warn_every('stale', 2.0, 'camera stale (no frame for more than '
                              f"{self.params['stale_timeout']} s): sending the safe action "
                              f"({self.params['safe_action']})")
             self.mpc.executed(self._send(None, 'camera stale'))
+            self.stale_ticks += 1
             return
         self.frame_ages_ms.append(age * 1e3)
         try:
@@ -622,8 +626,8 @@ class PlannerNode(Node):
 
     def _on_health(self) -> None:
         now = time.monotonic()
-        if self.params['camera_qos'] == 'auto':
-            self._match_camera_qos()
+        if self._camera_sub is None:
+            self._subscribe_camera_like_publishers()
         self._check_camera_input(now)
         figures = self.health()
         status = DiagnosticStatus(name=f'{self.get_name()}: control loop',
@@ -671,7 +675,7 @@ def rclpy_duration(seconds: float) -> Any:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run lewm_ros planner_node``; exits non-zero when it cannot start."""
-    return run_node(args, 'lewm_planner', SUMMARY, PLANNER_PARAMS, PlannerNode,
+    return run_node(args, 'planner_node', 'lewm_planner', SUMMARY, PLANNER_PARAMS, PlannerNode,
                     (ValueError, CheckpointError, FileNotFoundError, BoundsError))
 
 

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import rclpy.logging
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -234,23 +233,9 @@ class SimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run lewm_ros sim_node``; exits non-zero when it cannot start."""
-    initialised = False  # rclpy.init has succeeded once the node is being made
-
-    def make_node() -> SimNode:
-        nonlocal initialised
-        initialised = True
-        return SimNode()
-
-    try:
-        return run_node(args, 'lewm_sim', SUMMARY, PARAMS, make_node,
-                        (ValueError, FileNotFoundError, SimStartError),
-                        'services: sim/reset, sim/teleport, sim/recolour (std_srvs/Trigger)')
-    except RuntimeError as err:  # rclpy's errors (RCLError, UnknownROSArgsError) are RuntimeErrors
-        if initialised:
-            raise
-        # rclpy.init itself: a --params-file that cannot be read or parsed, unknown or bad --ros-args.
-        rclpy.logging.get_logger('lewm_sim').fatal(f'cannot start: {type(err).__name__}: {err}')
-        return 1
+    return run_node(args, 'sim_node', 'lewm_sim', SUMMARY, PARAMS, SimNode,
+                    (ValueError, FileNotFoundError, SimStartError),
+                    'services: sim/reset, sim/teleport, sim/recolour (std_srvs/Trigger)')
 
 
 if __name__ == '__main__':

@@ -63,15 +63,22 @@ def time_plan(planner: Any, samples: int, iterations: int, repeats: int = 2) -> 
     return best
 
 
-def measure_plan_cost(planner: Any, small: int = 16, large: int = 64) -> PlanCost:
+def measure_plan_cost(planner: Any, small: int = 16, large: int = 64, rounds: int = 3) -> PlanCost:
     """Time plans of ``planner``'s model and settings at two sizes; return the fitted cost.
 
-    Each point is the fastest of two plans after a warm-up, so one-off start-up costs (kernel
-    selection, allocation) do not count.
+    The three probes (small x 1, large x 1, small x 2 iterations) are interleaved over
+    ``rounds`` and each keeps its fastest time, so a moment of load on a shared machine skews
+    none of them alone. Should the fitted cost per sample still come out zero or negative, the
+    large probe's whole time is charged to its samples (an over-estimate: it caps more, never less).
     """
-    one_small, one_large, two_small = (time_plan(planner, small, 1), time_plan(planner, large, 1),
-                                       time_plan(planner, small, 2))
-    per_sample = max(0.0, (one_large - one_small) / (large - small))
+    probes = {(small, 1): math.inf, (large, 1): math.inf, (small, 2): math.inf}
+    for _ in range(rounds):
+        for size in probes:
+            probes[size] = min(probes[size], time_plan(planner, *size, repeats=1))
+    one_small, one_large, two_small = probes[(small, 1)], probes[(large, 1)], probes[(small, 2)]
+    per_sample = (one_large - one_small) / (large - small)
+    if per_sample <= 0:
+        per_sample = one_large / large
     iteration = max(two_small - one_small, small * per_sample)  # one iteration at `small` samples
     per_iteration = max(0.0, iteration - small * per_sample)
     overhead = max(0.0, one_small - iteration)
