@@ -482,15 +482,20 @@ class PlannerNode(Node):
         try:
             self._tick()
         except Exception as err:  # noqa: BLE001 - the control loop must survive anything
-            self.planner_errors += 1
-            self._last_planner_error = time.monotonic()
-            self.get_logger().error(f'control tick failed ({type(err).__name__}: {err}): sending the safe '
-                                    'action', throttle_duration_sec=1.0)
-            try:
-                self.mpc.restart_plan()
-                self.mpc.executed(self._send(None, 'tick failed'))
-            except Exception as again:  # noqa: BLE001
-                self.get_logger().error(f'could not send the safe action: {again}', throttle_duration_sec=1.0)
+            self._answer_failure(err, 'tick failed')
+
+    def _answer_failure(self, err: Exception, what: str) -> None:
+        """Log ``err``, drop the plan, send the safe action (counted under ``what``)."""
+        self.planner_errors += 1
+        self._last_planner_error = time.monotonic()
+        self.get_logger().error(f'{what} ({type(err).__name__}: {err}): sending the safe action',
+                                throttle_duration_sec=1.0)
+        try:
+            self.mpc.restart_plan()
+            self.mpc.executed(self._send(None, what))
+        except Exception as again:  # noqa: BLE001 - e.g. the tick failed before its frame was recorded
+            self.get_logger().error(f'after {what}: {type(again).__name__}: {again}',
+                                    throttle_duration_sec=1.0)
 
     def _tick(self) -> None:
         start = time.monotonic()
@@ -541,12 +546,7 @@ class PlannerNode(Node):
         try:
             action, plan = self.mpc.act(deadline=start + self.plan_budget())
         except Exception as err:  # noqa: BLE001 - a failed plan must not take the node down
-            self.planner_errors += 1
-            self._last_planner_error = time.monotonic()
-            self.get_logger().error(f'planning failed ({type(err).__name__}: {err}): sending the safe action',
-                                    throttle_duration_sec=1.0)
-            self.mpc.restart_plan()
-            self.mpc.executed(self._send(None, 'planning failed'))
+            self._answer_failure(err, 'planning failed')
             return
         if action is None:  # the goal just changed and no frame of the new episode arrived yet
             self.mpc.executed(None)
