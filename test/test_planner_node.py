@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,15 @@ class Harness:
         if self._stream is not None:
             self._stream.join()
 
+    @contextmanager
+    def streaming(self, rate_hz: float = 2 * RATE_HZ, make=None) -> Iterator[None]:
+        """Frames flow while the block runs (see stream_frames)."""
+        self.stream_frames(rate_hz, make)
+        try:
+            yield
+        finally:
+            self.stop_stream()
+
     def warnings(self, text: str) -> list[str]:
         return [m.msg for m in self.logs if m.level >= Log.WARN and text in m.msg]
 
@@ -164,11 +175,8 @@ def test_actions_reach_the_tightened_bounds_and_never_leave_them(setup) -> None:
     # iCEM returns its best candidate, not a mean of elites: a clamped sample shows the bound exactly.
     node, h = setup(action_low=list(low), action_high=list(high), solver='icem')
     h.goal.publish(image(h.rng))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(h.actions) >= 30, 30.0), 'fewer than 30 actions within 30 s'
-    finally:
-        h.stop_stream()
     actions = np.array([a for _, a in h.actions])
     assert actions.shape[1] == 2
     assert np.all(actions >= low) and np.all(actions <= high), 'an action left the bounds'
@@ -181,15 +189,12 @@ def test_actions_reach_the_tightened_bounds_and_never_leave_them(setup) -> None:
 def test_control_rate_is_held_from_the_nodes_own_ticks(setup) -> None:
     node, h = setup()
     h.goal.publish(image(h.rng))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(h.actions) >= 5, 30.0)
         ticks, sent, start = node.ticks, node.actions_sent, time.monotonic()
         wait_ticks(node, 20)
         rate = (node.ticks - ticks) / (time.monotonic() - start)
         missed = node.missed_ticks
-    finally:
-        h.stop_stream()
     assert abs(rate - RATE_HZ) <= 0.2 * RATE_HZ, f'ticking at {rate:.2f} Hz, expected {RATE_HZ}'
     assert node.actions_sent - sent >= 18, 'ticks without actions while a goal and frames were there'
     assert missed <= 1
@@ -245,11 +250,8 @@ def test_goal_of_another_size_is_resized_and_used(setup) -> None:
     node, h = setup()
     goal = rgb(h.rng, 80, 96)
     h.goal.publish(Image(**rgb_to_image_fields(goal)))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(h.actions) >= 3, 15.0), 'no actions after an 80 x 96 goal'
-    finally:
-        h.stop_stream()
     assert node.dropped_frames == 0
     expected = node.mpc.planner.encode_goal(resize_square(goal, node.image_size)[None])
     torch.testing.assert_close(node.mpc._goal, expected)
@@ -263,23 +265,21 @@ def test_30_hz_640x480_camera_keeps_the_control_rate_with_no_stale_tick(setup) -
     frames = [Image(**rgb_to_image_fields(rgb(h.rng, 480, 640))) for _ in range(4)]
     count = iter(range(10**9))
     h.goal.publish(frames[0])
-    h.stream_frames(rate_hz=30.0, make=lambda: frames[next(count) % 4])
-    try:
+    with h.streaming(rate_hz=30.0, make=lambda: frames[next(count) % 4]):
         assert wait_for(lambda: len(h.actions) >= 10, 30.0), 'no actions from a 640 x 480 camera'
         ticks, sent, stale, missed = node.ticks, node.actions_sent, node.stale_ticks, node.missed_ticks
-        start = time.monotonic()
-        assert wait_for(lambda: time.monotonic() - start >= 20.0, 25.0)
+        received, start = node.frames_received, time.monotonic()
+        time.sleep(20.0)  # the observation window, not a synchronisation
         elapsed = time.monotonic() - start
         ticks, sent = node.ticks - ticks, node.actions_sent - sent
-    finally:
-        h.stop_stream()
+        received = node.frames_received - received
     # Margins for a shared 2-core machine (this process also publishes the 30 Hz stream); the
     # defect this guards against sent a quarter of the ticks. Figures: `lewm bench node`.
     assert ticks >= 0.8 * rate * elapsed, f'{ticks} ticks in {elapsed:.1f} s at {rate} Hz'
     assert sent >= ticks - 2, f'{sent} actions for {ticks} ticks'
     assert node.stale_ticks == stale, 'the camera was seen as stale while frames flowed'
     assert node.missed_ticks - missed <= 0.15 * ticks
-    assert node.frames_received >= 25 * elapsed, 'frames were lost on the way in'
+    assert received >= 25 * elapsed, f'{received} frames in {elapsed:.1f} s of a 30 Hz camera'
     assert not [w for w in h.warnings('stale')]
 
 
@@ -423,8 +423,7 @@ def test_malformed_images_are_dropped_counted_and_both_sources_logged(setup) -> 
 # -- goals and safety ----------------------------------------------------------------------------------
 def test_no_goal_no_actions_then_goal_from_camera_and_clear_sends_the_safe_action_at_once(setup) -> None:
     node, h = setup()
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(h.surprise) >= 3, 10.0)
         wait_ticks(node, 5)  # a second of ticks with frames and no goal
         assert not h.actions, 'actions were sent without a goal'
@@ -439,8 +438,6 @@ def test_no_goal_no_actions_then_goal_from_camera_and_clear_sends_the_safe_actio
         index = sent_before  # actions arrive in order; the one published by the service
         wait_ticks(node, 5)
         after = [a for _, a in h.actions[index:]]
-    finally:
-        h.stop_stream()
     assert node.actions_sent == sent_before + 1, 'actions were sent after the goal was cleared'
     assert len(after) == 1 and np.array_equal(after[0], np.zeros(2)), after
 
@@ -522,11 +519,8 @@ def test_bad_bounds_at_run_time_are_refused_in_every_order_and_the_node_keeps_ac
     request = SetParameters.Request(parameters=[nan.to_parameter_msg()])
     assert not h.call(SetParameters, '/lewm_planner/set_parameters', request).results[0].successful
     h.goal.publish(image(h.rng))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(h.actions) >= 5, 15.0), 'the node stopped acting'
-    finally:
-        h.stop_stream()
     actions = np.array([a for _, a in h.actions])
     assert np.all(np.isfinite(actions)) and np.all(actions >= -0.1 - 1e-12) and np.all(actions <= 1.0)
 
@@ -548,8 +542,7 @@ def test_checkpoint_without_bounds_needs_bounds_or_an_explicit_opt_out(rclpy_con
 def test_planner_exception_sends_the_safe_action_and_the_node_recovers(setup) -> None:
     node, h = setup()
     h.goal.publish(image(h.rng))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(h.actions) >= 3 and np.abs(h.actions[-1][1]).sum() > 0, 15.0)
         good_goal = node.mpc._goal
         node.mpc._goal = torch.zeros(1, 7)  # a goal embedding of the wrong size: the planner raises
@@ -576,8 +569,6 @@ def test_planner_exception_sends_the_safe_action_and_the_node_recovers(setup) ->
         assert wait_for(lambda: len(h.actions) >= errors_at + 5, 15.0), 'the node did not recover'
         assert node.planner_errors <= errors + 1
         assert np.abs(h.actions[-1][1]).sum() > 0
-    finally:
-        h.stop_stream()
     assert h.warnings('planning failed')
 
 
@@ -588,11 +579,8 @@ def test_oversized_planner_settings_are_capped_to_the_tick_budget(setup) -> None
     assert node.budget_note and 'capped' in node.budget_note
     assert h.warnings('capped') or wait_for(lambda: bool(h.warnings('capped')), 5.0)
     h.goal.publish(image(h.rng))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(node.plan_times_ms) >= 5, 30.0)
-    finally:
-        h.stop_stream()
     # Bounded: about one budget (the first iteration always runs), whatever the settings asked for.
     budget_ms = node.plan_budget() * 1e3
     times = sorted(node.plan_times_ms)
@@ -616,13 +604,10 @@ def test_invalid_parameter_updates_are_rejected_over_the_service(setup) -> None:
     (ok,) = h.set_params(samples=32, elites=8, icem_white_fraction=0.5, goal_cost='mean')[:1]
     assert ok.successful
     h.goal.publish(image(h.rng))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: node.mpc.planner.config.samples == 32 and len(h.actions) >= 3, 10.0)
         assert node.mpc.planner.config.icem_white_fraction == 0.5
         assert node.mpc.planner.config.goal_cost == 'mean'
-    finally:
-        h.stop_stream()
 
 
 def test_every_parameter_can_be_read_like_ros2_param_dump(setup) -> None:
@@ -638,12 +623,9 @@ def test_every_parameter_can_be_read_like_ros2_param_dump(setup) -> None:
 def test_diagnostics_report_rate_plan_time_and_frame_age(setup) -> None:
     node, h = setup()
     h.goal.publish(image(h.rng))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(node.plan_times_ms) >= 3 and len(h.health) >= 3, 20.0)
         assert wait_for(lambda: h.health[-1].status[0].level == h.health[-1].status[0].OK, 10.0)
-    finally:
-        h.stop_stream()
     figures = {kv.key: kv.value for kv in h.health[-1].status[0].values}
     assert abs(float(figures['tick_rate_hz']) - RATE_HZ) <= 0.2 * RATE_HZ
     assert 0 < float(figures['plan_ms_median']) <= float(figures['plan_budget_ms'])
@@ -655,11 +637,8 @@ def test_diagnostics_report_rate_plan_time_and_frame_age(setup) -> None:
 def test_closing_the_node_sends_the_safe_action(setup) -> None:
     node, h = setup()
     h.goal.publish(image(h.rng))
-    h.stream_frames()
-    try:
+    with h.streaming():
         assert wait_for(lambda: len(h.actions) >= 3 and np.abs(h.actions[-1][1]).sum() > 0, 15.0)
-    finally:
-        h.stop_stream()
     sent = node.actions_sent
     node.close()
     assert node.actions_sent == sent + 1
