@@ -217,6 +217,23 @@ def test_unsetting_an_action_bound_keeps_it_readable_and_settable(setup) -> None
     assert again[0].successful, again[0].reason
 
 
+def test_an_update_that_empties_the_bounds_is_rejected_even_while_the_last_one_is_applied(setup) -> None:
+    """A bounds update that would leave the pair empty is rejected (validated as a pair, on every update)."""
+    node, h = setup(control_rate_hz=50.0)
+    for attempt in range(20):
+        assert node.set_parameters([Parameter('action_low', value=[0.5, 0.5])])[0].successful
+        while node._pending_params:  # the control loop has taken the update and is applying it
+            pass
+        result = node.set_parameters([Parameter('action_high', value=[0.4, 0.4])])[0]
+        time.sleep(0.05)
+        assert not result.successful, (
+            f'attempt {attempt}: action_high [0.4, 0.4] accepted with action_low [0.5, 0.5]; parameters say '
+            f"{node.get_parameter('action_low').value} .. {node.get_parameter('action_high').value}, "
+            f'bounds in force {node.bounds.describe()}')
+        assert node.set_parameters([Parameter('action_low', value=[])])[0].successful
+        assert wait_for(lambda: not node._pending_params, 2.0)
+
+
 # == regressions that pass ============================================================================
 def test_no_planned_action_after_a_clear_goal_reply(setup) -> None:
     """~/clear_goal: the safe action goes out before the reply, and no planned action after it."""
