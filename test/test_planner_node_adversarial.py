@@ -412,3 +412,73 @@ def test_tiny_max_plan_time_still_acts(setup) -> None:
         assert wait_for(lambda: len(node.plan_times_ms) >= 3 and node.actions_sent >= 3, 20.0)
     assert node.planner_errors == 0
 
+
+
+def test_clear_goal_answers_at_once_during_a_long_plan(setup) -> None:
+    """~/clear_goal sends the safe action at once, not after the plan in flight."""
+    node, h = setup(solver='cem', samples=2000, iterations=1000, elites=30, max_plan_time=3.0)
+    h.goal.publish(image(h.rng))
+    with h.streaming():
+        assert wait_for(lambda: node.frames_used >= 1 and node.ticks >= 2, 20.0)
+        time.sleep(0.5)
+        start = time.monotonic()
+        assert h.call(Trigger, '/lewm_planner/clear_goal').success
+        took = time.monotonic() - start
+    assert node.safe_actions.get('goal cleared') == 1 and took < 0.5, f'clear_goal took {took:.2f} s'
+
+
+def _rss_mb() -> float:
+    return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def test_memory_stays_flat_under_30_hz_640x480_frames(setup) -> None:
+    """No growth with a steady 30 Hz camera: the node keeps the newest frame and bounded windows only."""
+    node, h = setup()
+    h.goal.publish(image(h.rng))
+    frame = Image(**{**vars_of(image(h.rng)), 'height': 480, 'width': 640, 'step': 1920,
+                     'data': np.random.default_rng(3).integers(0, 256, 480 * 1920, dtype=np.uint8).tobytes()})
+    with h.streaming(rate_hz=30.0, make=lambda: frame):
+        assert wait_for(lambda: node.actions_sent >= 5, 20.0)
+        time.sleep(5.0)
+        before = _rss_mb()
+        time.sleep(25.0)
+        after = _rss_mb()
+    assert node.frames_received >= 700
+    assert after - before < 30.0, f'RSS grew {after - before:.1f} MB in 25 s ({before:.0f} -> {after:.0f} MB)'
+
+
+def vars_of(msg: Image) -> dict:
+    return {'header': msg.header, 'encoding': msg.encoding, 'is_bigendian': 0}
+
+
+def test_diagnostics_after_a_planner_failure_and_a_dead_camera(setup) -> None:
+    """/diagnostics: ERROR after a planning failure (safe action sent), WARN when the camera is stale."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    node, h = setup(stale_timeout=0.3)
+    h.goal.publish(image(h.rng))
+    act = node.mpc.act
+
+    def broken(deadline=None):
+        raise RuntimeError('injected')
+
+    with h.streaming():
+        assert wait_for(lambda: node.safe_actions.get('planned', 0) == 0 and node.actions_sent >= 3, 20.0)
+        node.mpc.act = broken
+        assert wait_for(lambda: node.safe_actions.get('planning failed', 0) >= 2, 10.0)
+        count = len(h.health)
+        assert wait_for(lambda: len(h.health) > count, 3.0)
+        status = h.health[-1].status[0]
+        assert status.level == DiagnosticStatus.ERROR, status
+        node.mpc.act = act
+        sent = node.actions_sent
+        assert wait_for(lambda: node.actions_sent >= sent + 3, 10.0), 'did not recover'
+    assert wait_for(lambda: node.stale_ticks >= 2, 10.0)
+    time.sleep(5.5)  # past the 5 s ERROR window
+    count = len(h.health)
+    assert wait_for(lambda: len(h.health) > count, 3.0)
+    status = h.health[-1].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.WARN and status.message == 'camera stale', status
+    assert int(values['safe_actions_camera_stale']) >= 1 and int(values['safe_actions_planning_failed']) >= 2
+    assert int(values['actions_sent']) >= int(values['safe_actions_sent'])
