@@ -234,6 +234,44 @@ def test_an_update_that_empties_the_bounds_is_rejected_even_while_the_last_one_i
         assert wait_for(lambda: not node._pending_params, 2.0)
 
 
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image as PILImage
+
+    buffer = io.BytesIO()
+    PILImage.new('L', (width, height)).save(buffer, 'PNG', optimize=True)
+    return buffer.getvalue()
+
+
+def test_a_small_png_bomb_does_not_stall_the_control_loop(rclpy_context, spinner, checkpoint) -> None:
+    """The control loop keeps its rate whatever one camera message holds (a 100 KB PNG of 8000 x 8000 px)."""
+    from sensor_msgs.msg import CompressedImage
+
+    node = spinner.add(PlannerNode(context=rclpy_context, checkpoint=str(checkpoint), device='cpu',
+                                   camera_transport='compressed', camera_qos='reliable',
+                                   **{'control_rate_hz': RATE_HZ, **FAST_PLANNER}))
+    h = Harness(spinner.add(Node('adversary_bomb', context=rclpy_context)))
+    pub = h.node.create_publisher(CompressedImage, 'camera/image_raw/compressed', 10)
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 10.0)
+    small, bomb = _png(32, 32), _png(8000, 8000)
+    assert len(bomb) < 150_000
+    h.goal.publish(image(h.rng))
+    for _ in range(10):
+        pub.publish(CompressedImage(format='png', data=small))
+        time.sleep(0.1)
+    assert wait_for(lambda: node.actions_sent >= 2, 10.0)
+    start = time.monotonic()
+    pub.publish(CompressedImage(format='png', data=bomb))
+    time.sleep(0.3)  # the newest frame when the next tick comes
+    while time.monotonic() < start + 3.0:
+        pub.publish(CompressedImage(format='png', data=small))
+        time.sleep(0.1)
+    starts = [t for t in node._tick_starts if t >= start - 0.5]
+    gap = max(b - a for a, b in zip(starts, starts[1:], strict=False))
+    assert gap < 2.5 / RATE_HZ, f'the control loop stood still for {gap:.2f} s on one {len(bomb)} byte frame'
+
+
 # == regressions that pass ============================================================================
 def test_no_planned_action_after_a_clear_goal_reply(setup) -> None:
     """~/clear_goal: the safe action goes out before the reply, and no planned action after it."""
