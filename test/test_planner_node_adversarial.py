@@ -521,3 +521,19 @@ def test_diagnostics_after_a_planner_failure_and_a_dead_camera(setup) -> None:
     assert status.level == DiagnosticStatus.WARN and status.message == 'camera stale', status
     assert int(values['safe_actions_camera_stale']) >= 1 and int(values['safe_actions_planning_failed']) >= 2
     assert int(values['actions_sent']) >= int(values['safe_actions_sent'])
+
+
+def test_a_frame_stamped_in_the_future_cannot_keep_a_dead_camera_fresh(setup) -> None:
+    """Staleness is time since a frame arrived: a stamp an hour ahead does not delay the safe action."""
+    node, h = setup(stale_timeout=0.3)
+    h.goal.publish(image(h.rng))
+
+    def future() -> Image:
+        frame = image(h.rng)
+        frame.header.stamp.sec = int(time.time()) + 3600
+        return frame
+
+    with h.streaming(make=future):
+        assert wait_for(lambda: node.safe_actions.get('planned', 0) == 0 and node.actions_sent >= 5, 20.0)
+        stale = node.safe_actions.get('camera stale', 0)
+    assert wait_for(lambda: node.safe_actions.get('camera stale', 0) > stale, 0.3 + 3 / RATE_HZ + 0.5)
