@@ -537,3 +537,21 @@ def test_a_frame_stamped_in_the_future_cannot_keep_a_dead_camera_fresh(setup) ->
         assert wait_for(lambda: node.safe_actions.get('planned', 0) == 0 and node.actions_sent >= 5, 20.0)
         stale = node.safe_actions.get('camera stale', 0)
     assert wait_for(lambda: node.safe_actions.get('camera stale', 0) > stale, 0.3 + 3 / RATE_HZ + 0.5)
+
+
+def test_a_burst_of_updates_during_planning_ends_in_the_last_value(setup) -> None:
+    """Rapid updates are applied between plans, in order: the last accepted value is the one in force."""
+    node, h = setup(control_rate_hz=20.0)
+    h.goal.publish(image(h.rng))
+    with h.streaming(rate_hz=40.0):
+        assert wait_for(lambda: node.actions_sent >= 3, 20.0)
+        for i in range(150):
+            result = raw_set(h, SetParametersAtomically,
+                             msg('samples', type=ParameterType.PARAMETER_INTEGER, integer_value=16 + i % 5),
+                             msg('goal_cost', type=ParameterType.PARAMETER_STRING,
+                                 string_value=('final', 'mean')[i % 2]))
+            assert result.successful, result.reason
+        assert wait_for(lambda: node.params['samples'] == 20 and node.params['goal_cost'] == 'mean', 5.0)
+        sent = node.actions_sent
+        assert wait_for(lambda: node.actions_sent >= sent + 5, 10.0)
+    assert node.mpc.planner.config.goal_cost == 'mean' and node.planner_errors == 0
