@@ -43,8 +43,8 @@ setup(
     zip_safe=False,
     entry_points={
         'console_scripts': [
-            'planner_node = lewm_ros.nodes.planner_node:main',
-            'sim_node = lewm_ros.nodes.sim_node:main',
+            'planner_node = lewm_ros.nodes.entry_points:planner_node',
+            'sim_node = lewm_ros.nodes.entry_points:sim_node',
             'lewm = training.cli:main',
         ],
     },

@@ -34,6 +34,9 @@ _ENCODINGS: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 COMPRESSED_FORMATS = ('jpeg', 'png')
+# A compressed frame may claim any size in a few bytes (a 60 KB PNG can hold 8000 x 8000 pixels
+# that take a second and gigabytes to decode): larger than 4096 x 4096 is refused before decoding.
+MAX_COMPRESSED_PIXELS = 4096 * 4096
 
 
 class ImageConversionError(ValueError):
@@ -109,6 +112,9 @@ def compressed_msg_to_square(msg: Any, size: int) -> np.ndarray:
             if image.format not in ('JPEG', 'PNG'):
                 raise ImageConversionError(f'compressed image is {image.format}, expected jpeg or png '
                                            f'(format field {str(msg.format)!r})')
+            if image.width * image.height > MAX_COMPRESSED_PIXELS:
+                raise ImageConversionError(f'compressed image of {image.width}x{image.height} pixels is '
+                                           f'larger than {MAX_COMPRESSED_PIXELS} pixels: not decoded')
             image.draft('RGB', (2 * size, 2 * size))  # JPEG only: the smallest scale >= 2 x size
             rgb = np.asarray(image.convert('RGB'))
     except ImageConversionError:

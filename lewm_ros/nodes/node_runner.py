@@ -19,6 +19,26 @@ from typing import Any
 
 from lewm_ros.nodes.parameter_specs import ParamSpec, usage, wants_help
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STOP = threading.Event()  # set by SIGINT/SIGTERM once catch_signals() ran
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    _STOP.set()
+
+
+def catch_signals() -> threading.Event:
+    """From now on SIGINT and SIGTERM only ask the process to stop; returns the flag they set.
+
+    Called first thing by the nodes' entry points, before torch and rclpy are imported (seconds
+    on a small robot computer), so a Ctrl-C during start-up ends in a clean exit too.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            if signal.getsignal(sig) is not _request_stop:
+                signal.signal(sig, _request_stop)
+    return _STOP
+
 
 def _quiet_colours() -> None:
     """No ANSI colour codes in logs that go to a file or a pipe (rcutils colours a TTY only then)."""
@@ -55,13 +75,10 @@ def run_node(
     from rclpy.signals import SignalHandlerOptions
 
     # The handler only sets a flag: Python runs it in the main thread once the executor's wait
-    # returns, so the loop below polls with a short timeout instead of blocking forever.
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # returns, so the loop below polls with a short timeout instead of blocking forever. A signal
+    # while the node is being built (checkpoint, measurement) ends the run as soon as it exists.
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    stop = catch_signals()
     logger = rclpy.logging.get_logger(name)
     try:
         try:
@@ -90,4 +107,4 @@ def run_node(
     finally:
         rclpy.try_shutdown()
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

@@ -34,6 +34,8 @@ class ParamSpec:
         if self.choices and value not in self.choices:
             return f'{self.name} must be one of {list(self.choices)}, got {value!r}'
         is_array = isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+        if self.array_of is not None and not is_array:
+            return f'{self.name} must be a list of numbers, got {value!r}'
         values = list(value) if is_array else [value]
         for v in values:
             if self.array_of is float and (isinstance(v, bool) or not isinstance(v, (int, float))):

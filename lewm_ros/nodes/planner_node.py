@@ -20,6 +20,11 @@ capped at start from a measurement, and a deadline inside the solver).
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # run as a script: a Ctrl-C during the slow imports below exits cleanly too
+    from lewm_ros.nodes.node_runner import catch_signals
+
+    catch_signals()
+
 import os
 
 # The node shares the CPU with DDS threads and other nodes: OpenMP workers that spin while
@@ -91,6 +96,11 @@ def _planner_config(p: dict[str, Any]) -> PlannerConfig:
                          receding_horizon=p['replan_every'], threads=p['threads'], seed=p['seed'])
 
 
+def _as_lists(changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with the bounds as plain lists (rclpy hands ``array.array`` to callbacks)."""
+    return {k: list(v) if k in _BOUNDS_KEYS else v for k, v in changes.items()}
+
+
 def _camera_qos(reliable: bool) -> QoSProfile:
     """Keep only the newest frame: the control loop never uses an older one."""
     return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
@@ -139,11 +149,12 @@ class PlannerNode(Node):
         self._latest_msg: tuple[Any, float] | None = None  # (message, monotonic arrival)
         self._new_frame = threading.Event()
         self._pending_goal: np.ndarray | str | None = None  # image, or 'clear'
-        self._pending_params: dict[str, Any] = {}
+        self._planner_stale = False  # parameters changed: the loop rebuilds the planner
         # Everything that publishes an action holds _send_lock; _generation counts goal changes,
         # so a plan made for a goal that was cleared or replaced meanwhile is never sent.
         self._send_lock = threading.RLock()
         self._generation = 0
+        self._closed = False  # after close(): nothing is sent any more
         # State of the control thread.
         self._frame: np.ndarray | None = None
         self._frame_stamp: Any = None
@@ -193,7 +204,6 @@ class PlannerNode(Node):
         self._log_start(device, threshold=self.mpc.surprise_threshold)
 
         self._stop = threading.Event()
-        self._closed = False
         self._loop = threading.Thread(target=self._control_loop, name='lewm-control', daemon=True)
         self._loop.start()
 
@@ -324,12 +334,15 @@ class PlannerNode(Node):
 
     # -- parameters -------------------------------------------------------------------------------
     def _check_update(self, changes: dict[str, Any]) -> str | None:
-        """Why the combined parameter values after ``changes`` are unusable, or None."""
-        merged = {**self.params, **self._pending_params, **changes}
+        """Why the parameter values after ``changes`` are unusable, or None."""
         for name, value in changes.items():
-            problem = _SPECS[name].check(value) if name in _SPECS and value is not None else None
+            if value is None:  # NOT_SET: rclpy would undeclare the parameter
+                return (f'{name} cannot be unset' + (" (use [] for the checkpoint's bounds)"
+                                                     if name in _BOUNDS_KEYS else ''))
+            problem = _SPECS[name].check(value) if name in _SPECS else None
             if problem:
                 return problem
+        merged = {**self.params, **_as_lists(changes)}
         try:
             _planner_config(merged)
             self._resolve_bounds(merged)
@@ -340,40 +353,46 @@ class PlannerNode(Node):
         return None
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate and put in force at once: bounds and safe action before the reply, the planner next tick.
+
+        Under the send lock, so no action leaves between the check and the swap, and every action
+        sent after the reply meets the new bounds (a plan made under the old ones is clipped).
+        """
         changes = {param.name: param.value for param in params}
-        for name in _BOUNDS_KEYS:
-            if name in changes:
-                changes[name] = [] if changes[name] is None else list(changes[name])
-        problem = self._check_update(changes)
-        if problem:
-            self.get_logger().warning(f'rejected parameter update: {problem}')
-            return SetParametersResult(successful=False, reason=problem)
-        with self._lock:
-            self._pending_params.update(changes)  # applied by the control loop, between two plans
+        with self._send_lock:
+            problem = self._check_update(changes)
+            if problem:
+                self.get_logger().warning(f'rejected parameter update: {problem}')
+                return SetParametersResult(successful=False, reason=problem)
+            self._apply_params(_as_lists(changes))
         return SetParametersResult(successful=True)
 
     def _apply_params(self, changes: dict[str, Any]) -> None:
-        """Apply accepted parameter changes (control thread). Validated on arrival; kept atomic here."""
+        """Put validated changes in force (executor thread, send lock held); the loop rebuilds the planner."""
         params = {**self.params, **changes}
-        try:
-            bounds = self._resolve_bounds(params)
-            gate = ActionGate(bounds, params['safe_action'])
-            rebuild = any(k in changes for k in (*_PLANNER_KEYS, *_BOUNDS_KEYS, 'frame_driven'))
-            planner, note = self._fitted_planner(params, bounds) if rebuild else (None, None)
-        except (ValueError, RuntimeError) as err:  # cannot happen after _check_update; keep the old ones
-            self.get_logger().error(f'parameter update {changes} could not be applied: {err}')
-            return
-        with self._send_lock:
-            gate.last_sent = self.gate.last_sent
-            self.params, self.bounds, self.gate = params, bounds, gate
-        if planner is not None:
-            self.mpc.replace_planner(planner, params['replan_every'])
-            self.budget_note = note
-            if note:
-                self.get_logger().warning(note)
+        bounds = self._resolve_bounds(params)
+        gate = ActionGate(bounds, params['safe_action'])
+        gate.last_sent = self.gate.last_sent
+        self.params, self.bounds, self.gate = params, bounds, gate
+        if any(k in changes for k in (*_PLANNER_KEYS, *_BOUNDS_KEYS, 'frame_driven')):
+            self._planner_stale = True
         if 'surprise_threshold' in changes:
             self.mpc.surprise_threshold = self._threshold(changes['surprise_threshold'])
+        zero = np.zeros(self.action_dim)
+        if params['safe_action'] == 'zero' and not bounds.contains(zero):
+            self.get_logger().warning(f'zero lies outside the action bounds {bounds.describe()}: the safe '
+                                      f'action is now {bounds.clip(zero).tolist()}')
         self.get_logger().info(f'parameters updated: {changes}')
+
+    def _rebuild_planner(self) -> None:
+        """The planner for the parameters in force (control thread, between two plans)."""
+        self._planner_stale = False
+        params, bounds = self.params, self.bounds
+        planner, note = self._fitted_planner(params, bounds)
+        self.mpc.replace_planner(planner, params['replan_every'])
+        self.budget_note = note
+        if note:
+            self.get_logger().warning(note)
 
     # -- inputs (executor thread: store, never plan) -------------------------------------------------
     def _on_camera(self, msg: Any) -> None:
@@ -382,14 +401,14 @@ class PlannerNode(Node):
             self.frames_received += 1
         self._new_frame.set()
 
-    def _convert(self, msg: Any, source: str) -> np.ndarray | None:
-        """The frame in ``msg`` at the model's size, or None (counted, logged) when it is malformed."""
+    def _convert(self, msg: Any, source: str, count: bool = True) -> np.ndarray | None:
+        """The frame in ``msg`` at the model's size, or None (logged; counted if ``count``) when malformed."""
         try:
             if isinstance(msg, CompressedImage):
                 return compressed_msg_to_square(msg, self.image_size)
             return image_msg_to_square(msg, self.image_size)
         except ImageConversionError as err:
-            self.dropped[source] += 1
+            self.dropped[source] += count
             self.last_drop_reason = f'{source}: {err}'
             self._warn_every(f'drop-{source}', 1.0, f'dropped {source} image: {err}')
             return None
@@ -415,7 +434,8 @@ class PlannerNode(Node):
     def _srv_goal_from_camera(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             latest = self._latest_msg
-        frame = None if latest is None else self._convert(latest[0], 'camera')
+        # The loop counts this message's drop when it takes it: count it once.
+        frame = None if latest is None else self._convert(latest[0], 'camera', count=False)
         if frame is not None:
             self._change_goal(frame)
         response.success = frame is not None
@@ -440,7 +460,7 @@ class PlannerNode(Node):
         action was planned for; a plan for a goal that was cleared or replaced since is not sent.
         """
         with self._send_lock:
-            if generation is not None and generation != self._generation:
+            if self._closed or (generation is not None and generation != self._generation):
                 return None
             sent, problem = self.gate.gate(action)
             if problem:
@@ -457,12 +477,20 @@ class PlannerNode(Node):
 
     # -- control loop (its own thread) ---------------------------------------------------------------
     def _control_loop(self) -> None:
+        try:
+            self._run_loop()
+        except Exception:
+            if not self._stop.is_set():  # after close() the node may be half torn down: end quietly
+                raise
+
+    def _run_loop(self) -> None:
         period = 1.0 / self.params['control_rate_hz']
         next_tick = time.monotonic()
         while not self._stop.is_set():
             if self.params['frame_driven']:
                 self._new_frame.wait(timeout=period)  # a lock-step world answers each action with a frame
                 self._new_frame.clear()
+                next_tick = time.monotonic()  # so that leaving frame_driven starts on time, nothing missed
             else:
                 delay = next_tick - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
@@ -482,7 +510,8 @@ class PlannerNode(Node):
         try:
             self._tick()
         except Exception as err:  # noqa: BLE001 - the control loop must survive anything
-            self._answer_failure(err, 'tick failed')
+            if not self._stop.is_set():  # a tick cut short by shutdown is no failure
+                self._answer_failure(err, 'tick failed')
 
     def _answer_failure(self, err: Exception, what: str) -> None:
         """Log ``err``, drop the plan, send the safe action (counted under ``what``)."""
@@ -502,15 +531,14 @@ class PlannerNode(Node):
         self.ticks += 1
         self._tick_starts.append(start)
         with self._lock:
-            latest, goal, changes, generation = (self._latest_msg, self._pending_goal, self._pending_params,
-                                                 self._generation)
-            self._pending_goal, self._pending_params = None, {}
+            latest, goal, generation = self._latest_msg, self._pending_goal, self._generation
+            self._pending_goal = None
             if latest is not None and latest[1] == self._taken_arrival:
                 latest = None  # nothing new since the last tick
             elif latest is not None:
                 self._taken_arrival = latest[1]
-        if changes:
-            self._apply_params(changes)
+        if self._planner_stale:
+            self._rebuild_planner()
         frame = None
         if latest is not None:
             frame = self._convert(latest[0], 'camera')
@@ -519,7 +547,10 @@ class PlannerNode(Node):
                 self.frames_used += 1
         if self.params['frame_driven'] and frame is None and goal is None:
             # Lock-step: the world moves only when we act, so a tick without a new frame is not a
-            # time step (counting it would misalign the history with the simulator's steps).
+            # time step (counting it would misalign the history with the simulator's steps); but
+            # a camera that stopped altogether still gets the safe action.
+            if self.mpc.has_goal and self._camera_stale(start):
+                self._send_stale()
             return
         if isinstance(goal, np.ndarray):
             self.mpc.set_goal(goal)
@@ -534,15 +565,10 @@ class PlannerNode(Node):
                              f"{self.params['goal_topic']} or call ~/set_goal_from_camera)", level='info')
             self.mpc.executed(None)
             return
-        age = None if self._frame_arrival is None else start - self._frame_arrival
-        if age is None or age > self.params['stale_timeout']:
-            self._warn_every('stale', 2.0, 'camera stale (no frame for more than '
-                             f"{self.params['stale_timeout']} s): sending the safe action "
-                             f"({self.params['safe_action']})")
-            self.mpc.executed(self._send(None, 'camera stale'))
-            self.stale_ticks += 1
+        if self._camera_stale(start):
+            self.mpc.executed(self._send_stale())
             return
-        self.frame_ages_ms.append(age * 1e3)
+        self.frame_ages_ms.append((start - self._frame_arrival) * 1e3)
         try:
             action, plan = self.mpc.act(deadline=start + self.plan_budget())
         except Exception as err:  # noqa: BLE001 - a failed plan must not take the node down
@@ -558,6 +584,18 @@ class PlannerNode(Node):
         if sent is not None and frame is not None:
             self.latencies_ms.append((time.monotonic() - self._frame_arrival) * 1e3)
         self.mpc.executed(sent)
+
+    def _camera_stale(self, now: float) -> bool:
+        return self._frame_arrival is None or now - self._frame_arrival > self.params['stale_timeout']
+
+    def _send_stale(self) -> np.ndarray | None:
+        """The safe action for a stale camera; the plan made before the outage is dropped."""
+        self._warn_every('stale', 2.0, f"camera stale (no frame for more than {self.params['stale_timeout']} "
+                         f"s): sending the safe action ({self.params['safe_action']})")
+        self.mpc.restart_plan()
+        sent = self._send(None, 'camera stale')
+        self.stale_ticks += 1
+        return sent
 
     # -- outputs ----------------------------------------------------------------------------------
     def _publish_surprise(self, reading: SurpriseReading, stamp: Any) -> None:
@@ -648,16 +686,22 @@ class PlannerNode(Node):
 
     # -- shutdown -------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the control loop and send the safe action (a driver that holds the last command stops)."""
+        """Send the safe action at once (a driver that holds the last command stops), then stop the loop.
+
+        A plan still in flight is not waited for: it is void (no action leaves after this), and
+        the loop thread is a daemon that ends with the process.
+        """
         if self._closed:
             return
-        self._closed = True
+        with self._send_lock:
+            self._generation += 1
+            if self.actions_sent:
+                self._send(None, 'shutdown')
+            self._closed = True
         self._stop.set()
         self._new_frame.set()
-        self._loop.join(timeout=self.plan_budget() + 5.0)
-        if self.actions_sent:
-            self._send(None, 'shutdown')
-            self.action_pub.wait_for_all_acked(timeout=rclpy_duration(1.0))
+        self._loop.join(timeout=1.0)
+        self.action_pub.wait_for_all_acked(timeout=rclpy_duration(1.0))
 
     def destroy_node(self) -> None:
         """Close (safe action out) before the publishers go away."""

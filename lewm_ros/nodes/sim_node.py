@@ -9,6 +9,11 @@ Services: ``sim/reset``, ``sim/teleport``, ``sim/recolour`` (std_srvs/Trigger).
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # run as a script: a Ctrl-C during the slow imports below exits cleanly too
+    from lewm_ros.nodes.node_runner import catch_signals
+
+    catch_signals()
+
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
