@@ -46,6 +46,7 @@ setup(
         'console_scripts': [
             'planner_node = lewm_ros.nodes.planner_node:main',
             'sim_node = lewm_ros.nodes.sim_node:main',
+            'goal_publisher = lewm_ros.nodes.goal_publisher:main',
             'lewm = training.cli:main',
         ],
     },

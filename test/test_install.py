@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-EXECUTABLES = ('planner_node', 'sim_node', 'lewm')
+EXECUTABLES = ('planner_node', 'sim_node', 'goal_publisher', 'lewm')
 
 
 @pytest.fixture(scope='module')
