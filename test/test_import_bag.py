@@ -402,3 +402,86 @@ def test_help_documents_every_option(capsys):
                    '--boundary-topic', '--min-length', '--action-low', '--action-high', '--label',
                    'zero-order hold', 'ros2 bag record'):
         assert option in text, option
+
+
+def test_camera_stamps_out_of_bag_order_across_an_episode_boundary(tmp_path, capsys):
+    """Frames are ordered by their stamps; one that reaches the bag early for the next episode waits."""
+    rng = np.random.default_rng(5)
+    frames = [(T0 + k * 100_000_000 + (2 * 10**9 if k >= 10 else 0), None) for k in range(20)]
+    frames = [(ns, image(ns, rng)) for ns, _ in frames]
+    receive = [ns + 1_000_000 for ns, _ in frames]
+    receive[10] = receive[9] - 50_000_000  # frame 10 (episode 2) reaches the bag before frame 9
+    messages = [('/cam', receive[k], msg) for k, (_, msg) in enumerate(frames)]
+    messages += [('/cmd', ns - 10, twist_stamped(ns - 10, (k, 0.0, 0.0)))
+                 for k, (ns, _) in enumerate(frames)]
+    bag = write_bag(tmp_path / 'shuffled', 'mcap', sorted(messages, key=lambda m: m[1]))
+    out = tmp_path / 'shuffled.h5'
+    rc, _, err = run_import(capsys, [bag], out, '--camera-topic', '/cam', '--action-topic', '/cmd',
+                            '--rate', 10, '--img-size', SIZE, '--split-gap', 1.0)
+    assert rc == 0, err
+    with EpisodeFile(out) as f:
+        assert f.lengths.tolist() == [10, 10]
+        pixels = f.column('pixels')[:]
+        actions = f.column('actions')[:]
+    np.testing.assert_array_equal(pixels, np.stack([image_msg_to_square(m, SIZE) for _, m in frames]))
+    np.testing.assert_array_equal(actions[:9, 0], np.arange(9))
+    np.testing.assert_array_equal(actions[10:19, 0], np.arange(10, 19))
+
+
+def test_stamp_option_forces_a_clock(tmp_path, capsys):
+    """--stamp bag ignores good header stamps; --stamp header refuses messages without them."""
+    cams, cmds, messages = camera_and_twist(seconds=1.0)
+    # the commands' receive times lag their stamps by 1 s: on bag time frame k holds an older command
+    messages = [(t, ns + (10**9 if t == '/cmd' else 0), m) for t, ns, m in messages]
+    bag = write_bag(tmp_path / 'lag', 'sqlite3', sorted(messages, key=lambda m: m[1]))
+    common = ['--camera-topic', '/cam', '--action-topic', '/cmd', '--rate', 30, '--img-size', SIZE]
+    rc, _, err = run_import(capsys, [bag], tmp_path / 'header.h5', *common)
+    assert rc == 0, err
+    rc, _, err = run_import(capsys, [bag], tmp_path / 'bag.h5', *common, '--stamp', 'bag')
+    assert rc == 1 and 'no camera frame has a command' in err and '(bag stamps' in err, err
+    with EpisodeFile(tmp_path / 'header.h5') as f:
+        assert f.attrs['stamp_source'] == 'header' and f.num_frames == len(cams) - 1
+    v3 = T['geometry_msgs/msg/Vector3']
+    plain = T['geometry_msgs/msg/Twist'](linear=v3(x=1.0, y=0.0, z=0.0), angular=v3(x=0.0, y=0.0, z=0.0))
+    twist = write_bag(tmp_path / 'plain', 'mcap', [('/cam', T0, image(T0, np.random.default_rng(0))),
+                                                   ('/cmd', T0, plain)])
+    out = tmp_path / 'x.h5'
+    rc, _, err = run_import(capsys, [twist], out, *common, '--stamp', 'header')
+    assert_clean_failure(rc, err, out, '--stamp header', 'geometry_msgs/Twist, which has no header')
+
+
+def test_a_ros1_bag_imports_too(tmp_path, capsys):
+    from rosbags.rosbag1 import Writer as Writer1
+
+    ts1 = get_typestore(Stores.ROS1_NOETIC)
+    t1 = ts1.types
+    rng = np.random.default_rng(6)
+    path = tmp_path / 'drive.bag'
+    published = []
+    with Writer1(path) as writer:
+        cam = writer.add_connection('/cam', 'sensor_msgs/msg/Image', typestore=ts1)
+        cmd = writer.add_connection('/cmd', 'geometry_msgs/msg/TwistStamped', typestore=ts1)
+        for k in range(10):
+            ns = T0 + k * 100_000_000
+            head = t1['std_msgs/msg/Header'](seq=k, stamp=t1['builtin_interfaces/msg/Time'](
+                sec=ns // 10**9, nanosec=ns % 10**9), frame_id='cam')
+            ros2_like = image(ns, rng, 'bgr8')
+            msg = t1['sensor_msgs/msg/Image'](header=head, height=ros2_like.height, width=ros2_like.width,
+                                              encoding='bgr8', is_bigendian=0, step=ros2_like.step,
+                                              data=ros2_like.data)
+            published.append(msg)
+            v3 = t1['geometry_msgs/msg/Vector3']
+            twist = t1['geometry_msgs/msg/TwistStamped'](header=head, twist=t1['geometry_msgs/msg/Twist'](
+                linear=v3(x=k, y=-k, z=0.0), angular=v3(x=0.0, y=0.0, z=0.0)))
+            writer.write(cmd, ns, ts1.serialize_ros1(twist, 'geometry_msgs/msg/TwistStamped'))
+            writer.write(cam, ns + 1, ts1.serialize_ros1(msg, 'sensor_msgs/msg/Image'))
+    out = tmp_path / 'ros1.h5'
+    rc, _, err = run_import(capsys, [path], out, '--camera-topic', '/cam', '--action-topic', '/cmd',
+                            '--rate', 10, '--img-size', SIZE)
+    assert rc == 0, err
+    with EpisodeFile(out) as f:
+        episode, attrs = f.episode(0), f.attrs
+    assert attrs['stamp_source'] == 'header'
+    expected = np.stack([image_msg_to_square(m, SIZE) for m in published])
+    np.testing.assert_array_equal(episode['pixels'], expected)
+    np.testing.assert_array_equal(episode['actions'][:-1], [[k, -k] for k in range(9)])

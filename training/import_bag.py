@@ -129,8 +129,11 @@ def plan_episodes(
     counts = {'camera_messages': len(t), 'resampled_away': 0, **{k: 0 for k in DROP_REASONS}}
     if len(t) >= 2:
         median = float(np.median(np.diff(t)))
-        if median <= 0 or 1.0 / median < 0.9 * rate:
-            camera_hz = 1.0 / median if median > 0 else float('inf')
+        if median <= 0:
+            raise BagError(f'{scan.bag.name}: most {scan.stamp_source} stamps of the camera repeat the one '
+                           'before; try --stamp bag')
+        if 1.0 / median < 0.9 * rate:
+            camera_hz = 1.0 / median
             raise BagError(f'{scan.bag.name}: the camera publishes about {camera_hz:.3g} Hz on '
                            f'{scan.stamp_source} stamps; --rate {rate:g} must not exceed it')
     # pieces: runs of camera frames with no gap and no boundary message between them
@@ -263,7 +266,12 @@ def _converter(camera_type: str, size: int) -> Any:
 def write_bag_frames(
     bag: Bag, plan: Plan, scan: Scan, args: argparse.Namespace, writer: Any, bar: Any
 ) -> None:
-    """Convert the planned frames of one bag and append its episodes to ``writer`` in order."""
+    """Convert the planned frames of one bag and append its episodes to ``writer`` in order.
+
+    Frames of the episode being written go straight to the file (an episode may be longer than
+    memory); the few that arrive early for a later episode (camera stamps slightly out of bag
+    order) wait in memory until their episode begins.
+    """
     from lewm_ros.image_conversion import ImageConversionError
 
     convert = _converter(scan.camera_type, args.img_size)
@@ -271,10 +279,23 @@ def write_bag_frames(
     for e, (rows, _) in enumerate(plan.episodes):
         for p, row in enumerate(rows):
             wanted[int(row)] = (e, p)
-    buffers: dict[int, np.ndarray] = {}
+    early: dict[int, dict[int, np.ndarray]] = {}
     remaining = [len(rows) for rows, _ in plan.episodes]
-    next_episode = 0
-    size = args.img_size
+    current = 0
+
+    def advance() -> None:
+        nonlocal current
+        while current < len(remaining) and remaining[current] == 0:
+            writer.end_episode(plan.episodes[current][1][:-1])
+            current += 1
+            if current < len(remaining):
+                writer.begin_episode(remaining[current])
+                for p, frame in early.pop(current, {}).items():
+                    writer.put_frame(p, frame)
+                    remaining[current] -= 1
+
+    if plan.episodes:
+        writer.begin_episode(remaining[0])
     for position, (bag_ns, raw) in enumerate(bag.messages(args.camera_topic, deserialize=False)):
         if position not in wanted:
             continue
@@ -285,16 +306,14 @@ def write_bag_frames(
         except ImageConversionError as err:
             raise BagError(f'{bag.name}: {args.camera_topic} message {position} (bag time '
                            f'{bag_ns * 1e-9:.3f} s) cannot be converted: {err}') from err
-        if e not in buffers:
-            buffers[e] = np.empty((remaining[e], size, size, 3), np.uint8)
-        buffers[e][p] = frame
-        remaining[e] -= 1
+        if e == current:
+            writer.put_frame(p, frame)
+            remaining[e] -= 1
+            advance()
+        else:
+            early.setdefault(e, {})[p] = frame
         bar.update(1)
-        while next_episode < len(remaining) and remaining[next_episode] == 0:
-            actions = plan.episodes[next_episode][1]
-            writer.add_episode(buffers.pop(next_episode), actions[:-1])
-            next_episode += 1
-    if next_episode != len(plan.episodes):
+    if current != len(plan.episodes):
         raise BagError(f'{bag.name}: {args.camera_topic} has fewer messages on the second read than on '
                        'the first')
 
@@ -380,11 +399,11 @@ def run(args: argparse.Namespace) -> int:
             for path, scan, plan in zip(args.bags, scans, plans, strict=True):
                 with Bag(path) as bag:
                     write_bag_frames(bag, plan, scan, args, writer, bar)
+        writer.close(complete=True)
     except BaseException:
         writer.close(complete=False)
         partial_path(out).unlink(missing_ok=True)
         raise
-    writer.close(complete=True)
     elapsed = time.perf_counter() - start_time
     counts = _sum_counts(plans)
     summary = {

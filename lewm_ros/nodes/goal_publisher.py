@@ -76,7 +76,8 @@ def rgb_from_bag(bag_path: str | Path, topic: str | None, index: int) -> np.ndar
             position = index if index >= 0 else count + index
             if not 0 <= position < count:
                 raise GoalSourceError(f'--index {index}: {topic} has {count} messages in {bag.name}')
-            msg = next(m for i, (_, m) in enumerate(bag.messages(topic)) if i == position)
+            raw = next(m for i, (_, m) in enumerate(bag.messages(topic, deserialize=False)) if i == position)
+            msg = bag.deserialize(raw, topic)
     except BagError as err:
         raise GoalSourceError(str(err)) from err
     try:
