@@ -264,7 +264,8 @@ def _converter(camera_type: str, size: int) -> Any:
 
 
 def write_bag_frames(
-    bag: Bag, plan: Plan, scan: Scan, args: argparse.Namespace, writer: Any, bar: Any
+    bag: Bag, plan: Plan, scan: Scan, args: argparse.Namespace, writer: Any, bar: Any,
+    check: Any = lambda: None,
 ) -> None:
     """Convert the planned frames of one bag and append its episodes to ``writer`` in order.
 
@@ -297,6 +298,7 @@ def write_bag_frames(
     if plan.episodes:
         writer.begin_episode(remaining[0])
     for position, (bag_ns, raw) in enumerate(bag.messages(args.camera_topic, deserialize=False)):
+        check()
         if position not in wanted:
             continue
         e, p = wanted[position]
@@ -339,7 +341,18 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Import the bags; errors in the bags or options are ``BagError`` (one line from ``lewm``)."""
+    """Import the bags; errors in the bags or options are ``BagError`` (one line from ``lewm``).
+
+    Ctrl-C or SIGTERM stops at the next message, removes the unfinished file, and ``lewm`` exits
+    with 130 (143).
+    """
+    from training.interrupts import GracefulStop
+
+    with GracefulStop() as stop:
+        return _import(args, stop.check)
+
+
+def _import(args: argparse.Namespace, check: Any) -> int:
     from tqdm import tqdm
 
     from training.episodes import EpisodeWriter, partial_path
@@ -354,6 +367,7 @@ def run(args: argparse.Namespace) -> int:
 
     scans, plans = [], []
     for path in args.bags:
+        check()
         with Bag(path) as bag:
             scan = scan_bag(bag, args, twist_fields, joints)
         plan = plan_episodes(scan, rate=args.rate, max_command_age=args.max_command_age,
@@ -398,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
         with tqdm(total=total, unit='frame', desc='import-bag') as bar:
             for path, scan, plan in zip(args.bags, scans, plans, strict=True):
                 with Bag(path) as bag:
-                    write_bag_frames(bag, plan, scan, args, writer, bar)
+                    write_bag_frames(bag, plan, scan, args, writer, bar, check)
         writer.close(complete=True)
     except BaseException:
         writer.close(complete=False)
