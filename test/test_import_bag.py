@@ -183,6 +183,25 @@ def test_twist_without_header_uses_bag_time_and_stale_commands_end_the_episode(t
     assert 'stale command' in err and json.loads(attrs['drop_counts'])['stale_command'] == 40 - 25
 
 
+@pytest.mark.parametrize(('rate', 'kept'), [(30, list(range(60))), (15, list(range(0, 60, 2)))])
+def test_a_jittery_camera_keeps_a_regular_grid(tmp_path, capsys, rate, kept):
+    """Frames 30 Hz +- 6 ms (stamp jitter): all kept at --rate 30, every other one at 15."""
+    rng = np.random.default_rng(7)
+    times = [T0 + round(k * 1e9 / 30) + int(rng.integers(-6, 7)) * 1_000_000 for k in range(60)]
+    frames = [(ns, image(ns, rng)) for ns in times]
+    messages = [('/cam', ns, msg) for ns, msg in frames]
+    messages += [('/cmd', T0 - 10**8 + j * 20_000_000, twist_stamped(T0 - 10**8 + j * 20_000_000, (j, 0, 0)))
+                 for j in range(110)]
+    bag = write_bag(tmp_path / 'jitter', 'mcap', sorted(messages, key=lambda m: m[1]))
+    out = tmp_path / 'jitter.h5'
+    rc, _, err = run_import(capsys, [bag], out, '--camera-topic', '/cam', '--action-topic', '/cmd',
+                            '--rate', rate, '--img-size', SIZE)
+    assert rc == 0, err
+    with EpisodeFile(out) as f:
+        pixels = f.column('pixels')[:]
+    np.testing.assert_array_equal(pixels, np.stack([image_msg_to_square(frames[k][1], SIZE) for k in kept]))
+
+
 def test_episodes_split_on_camera_gaps_and_boundary_messages(tmp_path, capsys):
     rng = np.random.default_rng(2)
     messages, camera_times = [], []

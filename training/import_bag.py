@@ -127,12 +127,14 @@ def plan_episodes(
     order = np.argsort(scan.camera_t, kind='stable')
     t, bag_t, index = scan.camera_t[order], scan.camera_bag_t[order], scan.camera_index[order]
     counts = {'camera_messages': len(t), 'resampled_away': 0, **{k: 0 for k in DROP_REASONS}}
+    period = 1.0 / rate
+    median = period
     if len(t) >= 2:
         median = float(np.median(np.diff(t)))
         if median <= 0:
             raise BagError(f'{scan.bag.name}: most {scan.stamp_source} stamps of the camera repeat the one '
                            'before; try --stamp bag')
-        if 1.0 / median < 0.9 * rate:
+        if rate > 1.05 / median:
             camera_hz = 1.0 / median
             raise BagError(f'{scan.bag.name}: the camera publishes about {camera_hz:.3g} Hz on '
                            f'{scan.stamp_source} stamps; --rate {rate:g} must not exceed it')
@@ -143,7 +145,9 @@ def plan_episodes(
     if len(scan.boundary_bag_t):
         passed = np.searchsorted(np.sort(scan.boundary_bag_t), bag_t, side='right')
         new_piece[1:] |= np.diff(passed) > 0
-    period, tolerance = 1.0 / rate, 0.25 / rate
+    # a frame up to half a camera interval early still takes its slot (camera jitter), but never
+    # the frame before the one that is due
+    tolerance = 0.5 * min(median, period)
     episodes: list[tuple[np.ndarray, np.ndarray]] = []
     run: list[int] = []
 
