@@ -202,6 +202,28 @@ def test_a_jittery_camera_keeps_a_regular_grid(tmp_path, capsys, rate, kept):
     np.testing.assert_array_equal(pixels, np.stack([image_msg_to_square(frames[k][1], SIZE) for k in kept]))
 
 
+def test_commands_with_nan_are_ignored_and_counted(tmp_path, capsys):
+    """A NaN command does not reach the file: the command before it stays in force."""
+    cams, cmds, messages = camera_and_twist(seconds=1.0)
+    bad = 3  # command 3 holds NaN
+    nan_command = twist_stamped(cmds[bad][0], (float('nan'), 0.0, 0.0))
+    messages = [(t, ns, nan_command if t == '/cmd' and ns == cmds[bad][0] + 1_000_000 else m)
+                for t, ns, m in messages]
+    bag = write_bag(tmp_path / 'nan', 'mcap', messages)
+    out = tmp_path / 'nan.h5'
+    rc, stdout, err = run_import(capsys, [bag], out, '--camera-topic', '/cam', '--action-topic', '/cmd',
+                                 '--rate', 30, '--img-size', SIZE)
+    assert rc == 0, err
+    assert '1 commands with NaN or inf ignored' in err
+    assert json.loads(stdout.strip().splitlines()[-1])['non_finite_commands'] == 1
+    with EpisodeFile(out) as f:
+        actions = f.column('actions')[:-1]
+    assert np.isfinite(actions).all()
+    good = [c for j, c in enumerate(cmds) if j != bad]
+    expected = [good[held_command(good, ns)][1][:2] for ns, _ in cams[1:-1]]
+    np.testing.assert_array_equal(actions, expected)
+
+
 def test_episodes_split_on_camera_gaps_and_boundary_messages(tmp_path, capsys):
     rng = np.random.default_rng(2)
     messages, camera_times = [], []

@@ -110,6 +110,7 @@ class Scan:
     action_values: np.ndarray  # (M, A)
     boundary_bag_t: np.ndarray
     action_names: list[str] = field(default_factory=list)
+    non_finite_commands: int = 0  # command messages with NaN or inf, ignored
 
 
 @dataclass
@@ -126,7 +127,8 @@ def plan_episodes(
     """Resample the camera stream, attach the command in force to each frame, split into episodes."""
     order = np.argsort(scan.camera_t, kind='stable')
     t, bag_t, index = scan.camera_t[order], scan.camera_bag_t[order], scan.camera_index[order]
-    counts = {'camera_messages': len(t), 'resampled_away': 0, **{k: 0 for k in DROP_REASONS}}
+    counts = {'camera_messages': len(t), 'resampled_away': 0, **{k: 0 for k in DROP_REASONS},
+              'non_finite_commands': scan.non_finite_commands}
     period = 1.0 / rate
     median = period
     if len(t) >= 2:
@@ -241,18 +243,24 @@ def scan_bag(bag: Bag, args: argparse.Namespace, twist_fields: list[str], joints
     # seconds from the first camera frame: differences of int64 ns stay exact (an epoch in float
     # seconds would round away the sub-microsecond order of a frame and a command)
     origin, bag_origin = int(cam_t.min()), int(min(cam_bag))
+    act_values = np.stack(values)[action_order]
+    finite = np.isfinite(act_values).all(axis=1)  # a NaN command would end training clips silently
     return Scan(
         bag=bag.path, camera_type=camera_type, stamp_source=source,
         camera_index=np.arange(len(cam_t)), camera_t=(cam_t - origin) * 1e-9,
         camera_bag_t=(np.asarray(cam_bag, np.int64) - bag_origin) * 1e-9,
-        action_t=(act_t[action_order] - origin) * 1e-9,
-        action_values=np.stack(values)[action_order].astype(np.float32),
+        action_t=(act_t[action_order][finite] - origin) * 1e-9,
+        action_values=act_values[finite].astype(np.float32),
         boundary_bag_t=(np.asarray(boundaries, np.int64) - bag_origin) * 1e-9, action_names=names(),
+        non_finite_commands=int((~finite).sum()),
     )
 
 
 def _no_overlap_message(scan: Scan, args: argparse.Namespace) -> str:
     cam, act = scan.camera_t, scan.action_t
+    if len(act) == 0:
+        return (f'{scan.bag.name}: all {scan.non_finite_commands} messages of {args.action_topic} hold NaN '
+                'or inf values')
     return (f'{scan.bag.name}: no camera frame has a command at most {args.max_command_age:g} s old: '
             f'{args.camera_topic} spans {cam.min():.3f}..{cam.max():.3f} s and {args.action_topic} '
             f'{act.min():.3f}..{act.max():.3f} s ({scan.stamp_source} stamps, from the first frame)')
@@ -428,6 +436,7 @@ def _import(args: argparse.Namespace, check: Any) -> int:
         'out': str(out), 'bags': len(args.bags), 'episodes': writer.num_episodes, 'frames': total,
         'camera_messages': counts['camera_messages'], 'resampled_away': counts['resampled_away'],
         'dropped_frames': {k: counts[k] for k in DROP_REASONS}, 'stamp_source': attrs['stamp_source'],
+        'non_finite_commands': counts['non_finite_commands'],
         'action_names': scans[0].action_names, 'seconds': round(elapsed, 2),
         'frames_per_s': round(total / max(elapsed, 1e-9), 1),
     }
@@ -435,11 +444,12 @@ def _import(args: argparse.Namespace, check: Any) -> int:
     print(f'imported {total} frames in {writer.num_episodes} episodes from {len(args.bags)} bag(s) '
           f'into {out}; '
           f'dropped: {dropped}; {counts["resampled_away"]} camera frames skipped by resampling to '
-          f'{args.rate:g} Hz', file=sys.stderr)
+          f'{args.rate:g} Hz' + (f'; {counts["non_finite_commands"]} commands with NaN or inf ignored'
+                                 if counts['non_finite_commands'] else ''), file=sys.stderr)
     print(json.dumps(summary))
     return 0
 
 
 def _sum_counts(plans: list[Plan]) -> dict[str, int]:
-    keys = ('camera_messages', 'resampled_away', *DROP_REASONS, 'frames')
+    keys = ('camera_messages', 'resampled_away', *DROP_REASONS, 'non_finite_commands', 'frames')
     return {k: int(sum(p.counts.get(k, 0) for p in plans)) for k in keys}
