@@ -210,12 +210,15 @@ def scan_bag(bag: Bag, args: argparse.Namespace, twist_fields: list[str], joints
                        'use --stamp bag (or auto)')
 
     cam_bag, cam_header = [], []
-    ros2 = bag.is_ros2
+    fast = bag.is_ros2  # checked on the first message against a full deserialisation
     for bag_ns, raw in bag.messages(args.camera_topic, deserialize=False):
         cam_bag.append(bag_ns)
-        if args.stamp != 'bag':
-            cam_header.append(_cdr_header_stamp(raw) if ros2
-                              else stamp_ns(bag.deserialize(raw, args.camera_topic)))
+        if args.stamp == 'bag':
+            continue
+        if fast and not cam_header:
+            fast = _cdr_header_stamp(raw) == stamp_ns(bag.deserialize(raw, args.camera_topic))
+        cam_header.append(_cdr_header_stamp(raw) if fast
+                          else stamp_ns(bag.deserialize(raw, args.camera_topic)))
     extract, names = action_extractor(action_type, twist_fields, joints, args.joint_field)
     act_bag, act_header, values = [], [], []
     for bag_ns, msg in bag.messages(args.action_topic):
