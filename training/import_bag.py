@@ -47,52 +47,67 @@ DROP_REASONS = ('no_command_yet', 'stale_command', 'short_episode')
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lewm import-bag``."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        'example:\n'
+        '  lewm import-bag drive_01 drive_02 --camera-topic /camera/image_raw --action-topic /cmd_vel \\\n'
+        '      --rate 10 --img-size 64 --twist-fields linear.x,linear.y,angular.z --out data/robot.h5\n'
+        'docs/robot.md: what to record, and the steps from a bag to a planner on the robot.')
     parser.description = (
-        'Import rosbag recordings (rosbag2 MCAP or sqlite3 directories, .mcap/.db3 files, ROS 1 .bag) '
-        'into an HDF5 episode file: camera frames resampled to --rate Hz, each with the command in '
-        'force at its time (zero-order hold). Frames without a fresh command are dropped and end the '
-        'episode there. Record with e.g. `ros2 bag record -s mcap /camera/image_raw /cmd_vel`.')
+        'Import rosbag recordings (rosbag2 MCAP or sqlite3 directories, .mcap/.db3 files, ROS 1 .bag)\n'
+        'into an HDF5 episode file: camera frames resampled to --rate Hz, each with the command in\n'
+        'force at its time (zero-order hold). Frames without a fresh command are dropped and end the\n'
+        'episode there. Prints a summary (episodes, frames, dropped frames and why) and a JSON line.\n'
+        'Record with e.g. `ros2 bag record -s mcap /camera/image_raw /cmd_vel`.')
     parser.add_argument('bags', nargs='+', metavar='BAG',
                         help='recordings to import (one episode or more each)')
     parser.add_argument('--camera-topic', required=True,
                         help='sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8, 32FC1, 32FC3) or '
-                             'sensor_msgs/CompressedImage (jpeg/png) topic')
+                             'sensor_msgs/CompressedImage (jpeg/png) topic', metavar='TOPIC')
     parser.add_argument('--action-topic', required=True,
                         help='command topic: geometry_msgs/Twist or TwistStamped, std_msgs/Float64MultiArray '
-                             'or sensor_msgs/JointState')
+                             'or sensor_msgs/JointState', metavar='TOPIC')
     parser.add_argument('--rate', type=float, required=True,
                         help='frames per second of the episodes (at most the camera rate); the planner runs '
-                             'at this rate')
-    parser.add_argument('--img-size', type=int, required=True, help='side of the square frames (centre crop)')
-    parser.add_argument('--out', required=True, help='output HDF5 file (written as <out>.partial until done)')
+                             'at this rate (control_rate_hz)', metavar='HZ')
+    parser.add_argument('--img-size', type=int, required=True, help='side of the square frames (centre crop)',
+                        metavar='N')
+    parser.add_argument('--out', required=True, help='output HDF5 file (written as <out>.partial until done)',
+                        metavar='F.h5')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output file')
-    parser.add_argument('--twist-fields', default='linear.x,linear.y',
-                        help='Twist components that form the action, in order (linear.x ... angular.z)')
-    parser.add_argument('--joints', default=None,
+    parser.add_argument('--twist-fields', default='linear.x,linear.y', metavar='FIELDS',
+                        help='Twist/TwistStamped components that form the action, in order, from linear.x '
+                             '... angular.z (default: linear.x,linear.y)')
+    parser.add_argument('--joints', default=None, metavar='A,B,...',
                         help='JointState: comma-separated joint names, in order (default: all joints of the '
                              'first message)')
     parser.add_argument('--joint-field', choices=JOINT_FIELDS, default='position',
-                        help='JointState: which field is the action')
+                        help='JointState: which field is the action (default: position)')
     parser.add_argument('--stamp', choices=('auto', 'header', 'bag'), default='auto',
                         help='time stamps: the header stamp, the bag receive time, or auto: header when both '
-                             'the camera and the action messages carry a non-zero one, else bag')
-    parser.add_argument('--max-command-age', type=float, default=0.5,
-                        help='seconds; a frame whose latest command is older is dropped')
-    parser.add_argument('--split-gap', type=float, default=None,
-                        help='seconds; start a new episode where the camera stream pauses longer than this')
-    parser.add_argument('--boundary-topic', default=None,
+                             'the camera and the action messages carry a non-zero one, else bag (default)')
+    parser.add_argument('--max-command-age', type=float, default=0.5, metavar='SECONDS',
+                        help='seconds; a frame whose latest command is older is dropped (default: 0.5)')
+    parser.add_argument('--split-gap', type=float, default=None, metavar='SECONDS',
+                        help='seconds; start a new episode where the camera stream pauses longer than this '
+                             '(default: one episode per bag)')
+    parser.add_argument('--boundary-topic', default=None, metavar='TOPIC',
                         help='std_msgs/Bool (true) or std_msgs/Empty topic; each message starts a new '
                              'episode')
-    parser.add_argument('--min-length', type=int, default=2, help='drop episodes with fewer frames')
-    parser.add_argument('--action-low', default=None,
-                        help='comma-separated action lower bounds (default: the minimum in the data)')
-    parser.add_argument('--action-high', default=None,
+    parser.add_argument('--min-length', type=int, default=2, metavar='N',
+                        help='drop episodes with fewer frames (default: 2)')
+    parser.add_argument('--action-low', default=None, metavar='A,B,...',
+                        help='comma-separated action lower bounds (default: the minimum in the data); write '
+                             'negative values as --action-low=-1,-1')
+    parser.add_argument('--action-high', default=None, metavar='A,B,...',
                         help='comma-separated action upper bounds (default: the maximum in the data)')
-    parser.add_argument('--label', default='teleop', help='the policy attribute: who drove the robot')
-    parser.add_argument('--env-id', default='robot', help='the env_id attribute: a name for this task/robot')
-    parser.add_argument('--frameskip', type=int, default=1,
-                        help='the recommended frameskip attribute (kept frames per action block in training)')
+    parser.add_argument('--label', default='teleop',
+                        help='the policy attribute: who drove the robot (default: teleop)')
+    parser.add_argument('--env-id', default='robot',
+                        help='the env_id attribute: a name for this task/robot (default: robot)')
+    parser.add_argument('--frameskip', type=int, default=1, metavar='N',
+                        help='the recommended frameskip attribute: frames per action block in training '
+                             '(default: 1)')
 
 
 # -- planning: which frames, which actions --------------------------------------------------------
