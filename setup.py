@@ -37,7 +37,8 @@ setup(
     install_requires=['numpy', 'pyyaml', 'torch', 'pillow', 'setuptools'],
     extras_require={
         'sim': ['mujoco>=3.1', 'gymnasium>=1.0'],
-        'train': ['h5py', 'tqdm', 'matplotlib', 'tensorboard', 'opencv-python-headless'],
+        # rosbags reads rosbag2 (MCAP, sqlite3) and ROS 1 bags without a ROS install: lewm import-bag
+        'train': ['h5py', 'tqdm', 'matplotlib', 'tensorboard', 'opencv-python-headless', 'rosbags>=0.10'],
         'test': ['pytest', 'pytest-timeout', 'ruff', 'safetensors'],
     },
     zip_safe=False,
@@ -45,6 +46,7 @@ setup(
         'console_scripts': [
             'planner_node = lewm_ros.nodes.entry_points:planner_node',
             'sim_node = lewm_ros.nodes.entry_points:sim_node',
+            'goal_publisher = lewm_ros.nodes.entry_points:goal_publisher',
             'lewm = training.cli:main',
         ],
     },

@@ -28,7 +28,7 @@ stamp="$(cat "$repo/setup.py" "$repo/scripts/setup.sh" | sha256sum | cut -d' ' -
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 if [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]] \
-   && "$venv/bin/python" -c 'import rclpy, torch, mujoco, h5py, lewm_ros, training' 2>/dev/null; then
+   && "$venv/bin/python" -c 'import rclpy, torch, mujoco, h5py, rosbags, lewm_ros, training' 2>/dev/null; then
   log "environment up to date: $venv"
   exit 0
 fi
@@ -75,7 +75,7 @@ ln -sfn "$repo/config" "$share/config"
 ln -sfn "$repo/models" "$share/models"
 ln -sfn "$repo/resource/lewm_ros" "$venv/share/ament_index/resource_index/packages/lewm_ros"
 
-"$venv/bin/python" -c 'import rclpy, torch, mujoco, h5py, lewm_ros, training' \
+"$venv/bin/python" -c 'import rclpy, torch, mujoco, h5py, rosbags, lewm_ros, training' \
   || { log "set-up finished but imports fail; see the messages above"; exit 1; }
 echo "$stamp" > "$stamp_file"
 log "done: $venv (torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'))"

@@ -100,3 +100,37 @@ def test_constant_action_dimension_does_not_divide_by_zero(tmp_path):
     data = load_clip_data(tmp_path / 'const.h5', history=3, frameskip=1, image_size=16, val_fraction=0)
     assert data.report.constant_action_dims == [1] and data.stats.std[1] == 1.0
     assert torch.isfinite(data.train[0]['actions']).all()
+
+
+def test_an_episode_streamed_frame_by_frame_equals_one_added_whole(tmp_path):
+    """begin_episode/put_frame/end_episode (frames in any order, more than one write batch)."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (150, 8, 8, 3), dtype=np.uint8)
+    actions = rng.normal(size=(149, 2)).astype(np.float32)
+    with EpisodeWriter(tmp_path / 'whole.h5', image_size=8, action_dim=2) as writer:
+        writer.add_episode(pixels[:20], actions[:19])
+        writer.add_episode(pixels, actions)
+    with EpisodeWriter(tmp_path / 'stream.h5', image_size=8, action_dim=2) as writer:
+        writer.add_episode(pixels[:20], actions[:19])
+        writer.begin_episode(150)
+        with pytest.raises(EpisodeFormatError, match='not ended'):
+            writer.add_episode(pixels[:20], actions[:19])
+        for index in rng.permutation(150):
+            writer.put_frame(int(index), pixels[index])
+        writer.end_episode(actions)
+    with EpisodeFile(tmp_path / 'whole.h5') as whole, EpisodeFile(tmp_path / 'stream.h5') as stream:
+        assert stream.lengths.tolist() == whole.lengths.tolist() == [20, 150]
+        for name in ('pixels', 'actions'):
+            np.testing.assert_array_equal(stream.column(name)[:], whole.column(name)[:])
+
+
+def test_an_episode_begun_but_not_ended_never_looks_complete(tmp_path):
+    writer = EpisodeWriter(tmp_path / 'cut.h5', image_size=8, action_dim=2)
+    writer.begin_episode(5)
+    writer.put_frame(0, np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(EpisodeFormatError, match='not ended'):
+        writer.close(complete=True)
+    writer.close(complete=False)
+    assert not (tmp_path / 'cut.h5').exists()
+    with h5py.File(tmp_path / 'cut.h5.partial', 'r') as f:
+        assert not f.attrs['complete'] and len(f['episode_lengths']) == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-EXECUTABLES = ('planner_node', 'sim_node', 'lewm')
+EXECUTABLES = ('planner_node', 'sim_node', 'goal_publisher', 'lewm')
 
 
 @pytest.fixture(scope='module')
@@ -59,9 +59,9 @@ def test_ament_index_finds_the_package(install_prefix: Path) -> None:
 
 
 def test_runtime_does_not_pull_in_the_offline_tools(install_prefix: Path) -> None:
-    """The planner node must run on a robot without mujoco, h5py or gymnasium."""
+    """The planner node must run on a robot without mujoco, h5py, gymnasium or rosbags."""
     code = ('import sys, lewm_ros.nodes.planner_node; '
-            'bad = [m for m in ("mujoco", "h5py", "gymnasium", "training") if m in sys.modules]; '
+            'bad = [m for m in ("mujoco", "h5py", "gymnasium", "rosbags", "training") if m in sys.modules]; '
             'sys.exit(f"planner_node imported {bad}" if bad else 0)')
     env = {**os.environ, 'PYTHONPATH': str(_site_packages(install_prefix))}
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd='/')

@@ -40,6 +40,7 @@ ROSDEP_KEYS = {
     'mujoco': 'python3-mujoco-pip',
     'numpy': 'python3-numpy',
     'PIL': 'python3-pil',
+    'rosbags': 'python3-rosbags-pip',
     'torch': 'python3-torch',
     'tqdm': 'python3-tqdm',
     'yaml': 'python3-yaml',

@@ -20,6 +20,7 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 # name -> (module, one-line help). Order is the order shown in `lewm --help`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'collect': ('training.collect', 'collect pixel+action episodes from a MuJoCo task into HDF5'),
+    'import-bag': ('training.import_bag', 'import rosbag recordings of a robot into an HDF5 episode file'),
     'view': ('training.view', 'render a task episode to a GIF/PNG contact sheet to look at'),
     'train': ('training.train', 'train a LeWM world model from an HDF5 episode file'),
     'info': ('training.info', 'print what a checkpoint holds'),
@@ -65,6 +66,7 @@ EXIT_INTERRUPTED = 130
 _INPUT_ERRORS = (
     ('lewm_ros.checkpoint', 'CheckpointError'),
     ('training.episodes', 'EpisodeFormatError'),
+    ('training.bag_reading', 'BagError'),
     ('yaml', 'YAMLError'),
 )
 

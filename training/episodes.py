@@ -63,6 +63,7 @@ class EpisodeWriter:
             self._create(image_size, action_dim, attrs or {}, compression)
         # kept here, not read from the file, so it is still known after close()
         self._num_episodes = int(self._file['episode_lengths'].shape[0])
+        self._open_episode: tuple[int, int] | None = None  # (first frame, length) between begin/end
 
     # -- set-up -------------------------------------------------------------------------------
     def _create(self, size: int, action_dim: int, attrs: dict[str, Any], compression: str | None) -> None:
@@ -121,6 +122,8 @@ class EpisodeWriter:
         ``actions[i]`` follows frame ``i``; pass L - 1 actions and the final NaN row is added.
         """
         f = self._file
+        if self._open_episode is not None:
+            raise EpisodeFormatError('add_episode: an episode was begun but not ended')
         pixels = np.asarray(pixels)
         length = len(pixels)
         if pixels.dtype != np.uint8 or pixels.shape[1:] != f['pixels'].shape[1:]:
@@ -152,10 +155,78 @@ class EpisodeWriter:
         f.flush()
         self._num_episodes += 1
 
+    def begin_episode(self, length: int) -> None:
+        """Reserve the frames of an episode too long to hold in memory; fill with :meth:`put_frame`.
+
+        The episode counts once :meth:`end_episode` writes its actions (a file closed or killed
+        before that holds only the episodes before it, as with :meth:`add_episode`).
+        """
+        f = self._file
+        if self._open_episode is not None:
+            raise EpisodeFormatError('begin_episode: the previous episode was not ended')
+        if any(name in f for name in _OPTIONAL_COLUMNS):
+            raise EpisodeFormatError('begin_episode: files with state/proprio columns take add_episode')
+        start = f['pixels'].shape[0]
+        f['pixels'].resize(start + int(length), axis=0)
+        self._open_episode = (start, int(length))
+        self._pending: dict[int, np.ndarray] = {}
+
+    _PENDING_FRAMES = 64  # frames put_frame gathers before writing them (runs of them in one call)
+
+    def put_frame(self, index: int, pixels: np.ndarray) -> None:
+        """Write frame ``index`` (0-based, any order) of the episode begun with :meth:`begin_episode`."""
+        if self._open_episode is None:
+            raise EpisodeFormatError('put_frame: no episode was begun')
+        length = self._open_episode[1]
+        if not 0 <= index < length:
+            raise IndexError(f'frame {index} of an episode of {length}')
+        self._pending[int(index)] = pixels
+        if len(self._pending) >= self._PENDING_FRAMES:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write the gathered frames, each run of consecutive indices as one slice (h5py calls are slow)."""
+        start = self._open_episode[0]
+        dataset = self._file['pixels']
+        indices = sorted(self._pending)
+        run_start = 0
+        for i in range(1, len(indices) + 1):
+            if i == len(indices) or indices[i] != indices[i - 1] + 1:
+                run = indices[run_start:i]
+                dataset[start + run[0]:start + run[-1] + 1] = np.stack([self._pending[j] for j in run])
+                run_start = i
+        self._pending.clear()
+
+    def end_episode(self, actions: np.ndarray, success: bool = False) -> None:
+        """Write the actions of the begun episode (L or L - 1 rows) and count it."""
+        f = self._file
+        if self._open_episode is None:
+            raise EpisodeFormatError('end_episode: no episode was begun')
+        self._write_pending()
+        start, length = self._open_episode
+        actions = np.asarray(actions, dtype=np.float32)
+        if len(actions) == length - 1:
+            actions = np.concatenate([actions, np.full((1, actions.shape[1]), np.nan, np.float32)])
+        if actions.shape != (length, f['actions'].shape[1]):
+            raise EpisodeFormatError(
+                f'actions must have shape ({length}, {f["actions"].shape[1]}) or one row fewer, '
+                f'got {actions.shape}')
+        f['actions'].resize(start + length, axis=0)
+        f['actions'][start:] = actions
+        for name, value in (('episode_offsets', start), ('episode_success', success),
+                            ('episode_lengths', length)):
+            f[name].resize(f[name].shape[0] + 1, axis=0)
+            f[name][-1] = value
+        f.flush()
+        self._open_episode = None
+        self._num_episodes += 1
+
     def close(self, complete: bool = True) -> None:
         """Close the file; with ``complete`` it is renamed to its final name."""
         if not self._file:
             return
+        if complete and self._open_episode is not None:
+            raise EpisodeFormatError('close: an episode was begun but not ended')
         if complete:
             self._file.attrs['complete'] = True
         self._file.close()

@@ -24,3 +24,11 @@ def sim_node() -> int:
     from lewm_ros.nodes.sim_node import main
 
     return main()
+
+
+def goal_publisher() -> int:
+    """``ros2 run lewm_ros goal_publisher``."""
+    catch_signals()
+    from lewm_ros.nodes.goal_publisher import main
+
+    return main()
