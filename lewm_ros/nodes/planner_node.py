@@ -695,7 +695,7 @@ class PlannerNode(Node):
             return
         with self._send_lock:
             self._generation += 1
-            if self.actions_sent:
+            if self.actions_sent or self.mpc.has_goal:  # a node that only monitored surprise stays silent
                 self._send(None, 'shutdown')
             self._closed = True
         self._stop.set()
