@@ -130,13 +130,7 @@ class EpisodeWriter:
             raise EpisodeFormatError(
                 f'pixels must be uint8 of shape (L, {", ".join(map(str, f["pixels"].shape[1:]))}), '
                 f'got {pixels.dtype} {pixels.shape}')
-        actions = np.asarray(actions, dtype=np.float32)
-        if len(actions) == length - 1:
-            actions = np.concatenate([actions, np.full((1, actions.shape[1]), np.nan, np.float32)])
-        if actions.shape != (length, f['actions'].shape[1]):
-            raise EpisodeFormatError(
-                f'actions must have shape ({length}, {f["actions"].shape[1]}) or one row fewer, '
-                f'got {actions.shape}')
+        actions = _action_rows(actions, length, f['actions'].shape[1])
         columns = {'pixels': pixels, 'actions': actions}
         for name, value in (('state', state), ('proprio', proprio)):
             if name in f:
@@ -204,13 +198,7 @@ class EpisodeWriter:
             raise EpisodeFormatError('end_episode: no episode was begun')
         self._write_pending()
         start, length = self._open_episode
-        actions = np.asarray(actions, dtype=np.float32)
-        if len(actions) == length - 1:
-            actions = np.concatenate([actions, np.full((1, actions.shape[1]), np.nan, np.float32)])
-        if actions.shape != (length, f['actions'].shape[1]):
-            raise EpisodeFormatError(
-                f'actions must have shape ({length}, {f["actions"].shape[1]}) or one row fewer, '
-                f'got {actions.shape}')
+        actions = _action_rows(actions, length, f['actions'].shape[1])
         f['actions'].resize(start + length, axis=0)
         f['actions'][start:] = actions
         for name, value in (('episode_offsets', start), ('episode_success', success),
@@ -309,3 +297,14 @@ class EpisodeFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _action_rows(actions: np.ndarray, length: int, action_dim: int) -> np.ndarray:
+    """``actions`` as (length, action_dim) float32; L - 1 rows get a NaN last row (no action after it)."""
+    actions = np.asarray(actions, dtype=np.float32)
+    if len(actions) == length - 1:
+        actions = np.concatenate([actions, np.full((1, actions.shape[1]), np.nan, np.float32)])
+    if actions.shape != (length, action_dim):
+        raise EpisodeFormatError(f'actions must have shape ({length}, {action_dim}) or one row fewer, '
+                                 f'got {actions.shape}')
+    return actions
