@@ -17,6 +17,13 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
     return predicate()
 
 
+def reap(process) -> None:
+    """Kill ``process`` (a ``subprocess.Popen``) if a failed test left it running, and wait for it."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 class SpinningExecutor:
     """A single-threaded executor spun in a background thread, with nodes added by the test.
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ros_test_utils import reap
 
 from lewm_ros.checkpoint import load_checkpoint
 from training.cli import main as lewm
@@ -113,9 +114,7 @@ def test_ctrl_c_in_train_saves_a_resumable_last_checkpoint_and_says_how_to_resum
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
     assert process.returncode == 130, stderr
     assert 'Traceback' not in stdout + stderr, stderr
     hint = re.search(r'lewm train: interrupted after step (\d+), saved to (\S+); continue with '

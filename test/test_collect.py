@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from ros_test_utils import reap
 
 pytest.importorskip('mujoco', reason='collection needs mujoco')
 pytest.importorskip('h5py', reason='collection needs h5py')
@@ -156,9 +157,7 @@ def interrupt_once_an_episode_is_written(command: list[str], done: int, total: i
             process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
     return process.returncode, (seen + err).decode(errors='replace') + out.decode(errors='replace')
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_test_utils import wait_for
+from ros_test_utils import reap, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,9 +32,7 @@ def _stop(process: subprocess.Popen) -> int:
         process.send_signal(signal.SIGINT)
         return process.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
 
 
 def test_a_subscriber_started_after_the_publisher_gets_the_goal(tmp_path, rclpy_context, spinner):

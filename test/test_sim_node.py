@@ -17,7 +17,7 @@ pytest.importorskip('mujoco', reason='the sim node needs mujoco')
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed')
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
-from ros_test_utils import wait_for  # noqa: E402
+from ros_test_utils import reap, wait_for  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -122,9 +122,7 @@ def test_sigint_exits_0_without_a_traceback(tmp_path: Path, run: int) -> None:
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
     output = log.read_text()
     assert code == 0, output
     assert 'Traceback' not in output and 'terminate called' not in output, output
@@ -143,9 +141,7 @@ def test_a_start_up_error_is_one_fatal_line_and_exit_1(
     try:
         code = process.wait(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        reap(process)
     output = log.read_text()
     assert code == 1, output
     fatal = [line for line in output.splitlines() if '[FATAL]' in line and '[lewm_sim]' in line]
