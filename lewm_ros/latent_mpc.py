@@ -56,12 +56,20 @@ class LatentMPC:
         as a surprise).
         """
         self._goal = self.planner.encode_goal(image[None])
-        self.history.clear()
-        self.restart_plan()
+        self.restart_history()
 
     def clear_goal(self) -> None:
         """Stop pursuing the goal; ``act`` returns None until a new one is set."""
         self._goal = None
+        self.restart_plan()
+
+    def restart_history(self) -> None:
+        """The world was reset (or we lost sight of it): the next frame starts a new history, unscored.
+
+        Without this the first frame after a reset would be compared with the prediction from
+        frames of another episode, and flagged as a surprise; the plan restarts too.
+        """
+        self.history.clear()
         self.restart_plan()
 
     def restart_plan(self) -> None:

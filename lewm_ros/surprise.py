@@ -33,7 +33,9 @@ class SurpriseCalibration:
 
     ``threshold`` is the ``quantile`` of the ``n`` scores of normal frames from ``data``, whose
     ``mean`` and ``std`` are kept too (to read a score as a z-value); ``history`` is the number of
-    previous frames the scores were computed with.
+    previous frames the scores were computed with; ``parts`` the per-source figures
+    ``{threshold, mean, std, n}`` when several kinds of normal frames were scored (recorded
+    episodes and planner-driven ones: the threshold is the higher of their quantiles).
     """
 
     threshold: float
@@ -43,6 +45,7 @@ class SurpriseCalibration:
     n: int
     data: str | None = None
     history: int | None = None
+    parts: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict for ``update_metadata(path, 'surprise', ...)``."""

@@ -23,7 +23,7 @@ from lewm_ros.planning import LatentPlanner, PlannerConfig  # noqa: E402
 from lewm_ros.sim.two_room import SUCCESS_RADIUS  # noqa: E402
 from training.cli import build_parser, main  # noqa: E402
 from training.eval_surprise import auroc  # noqa: E402
-from training.evaluate import planner_config_from_args, wilson_interval  # noqa: E402
+from training.evaluate import planner_settings_from_args, wilson_interval  # noqa: E402
 from training.probe import probe_targets, ridge_r2  # noqa: E402
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -146,7 +146,7 @@ def test_eval_flags_override_the_planner_config_file(tmp_path: Path) -> None:
     settings.write_text('planner:\n  solver: icem\n  samples: 600\n  icem_white_fraction: 0.25\n')
     argv = ['eval', '--checkpoint', 'unused', '--planner-config', str(settings),
             '--icem-white-fraction', '0.5', '--goal-cost', 'mean']  # fmt: skip
-    config = planner_config_from_args(build_parser(argv).parse_args(argv), 'cpu')
+    config = planner_settings_from_args(build_parser(argv).parse_args(argv), {}, 'cpu').config
     assert (config.solver, config.samples, config.icem_white_fraction) == ('icem', 600, 0.5)
     assert config.goal_cost == 'mean'
     assert config.elites == 30 and config.seed == 0 and config.device == 'cpu'

@@ -45,7 +45,7 @@ def test_every_default_passes_its_own_validation() -> None:
 @pytest.mark.parametrize('name,value,reason', [
     ('device', 'tpu', 'one of'),
     ('control_rate_hz', 0.0, '>='),
-    ('samples', 1, '>='),
+    ('samples', -1, '>='),
     ('safe_action', 'brake', 'one of'),
     ('stale_timeout', float('nan'), 'NaN'),
 ])

@@ -235,6 +235,39 @@ def test_surprise_is_flagged_exactly_above_the_threshold_parameter(setup, thresh
         assert float(status.values[1].value) == threshold
 
 
+def _is_warming_up(message: DiagnosticArray) -> bool:
+    return 'warming up' in message.status[0].message
+
+
+def _scored_frames_after(h: Harness, first: int, frames: int) -> list[DiagnosticArray]:
+    """Publish ``frames`` frames one by one, waiting for each one's surprise message; return those."""
+    for i in range(frames):
+        h.camera.publish(image(h.rng))
+        assert wait_for(lambda n=first + i: len(h.surprise) > n, 5.0), f'no surprise message for frame {i}'
+    return h.surprise[first:first + frames]
+
+
+@pytest.mark.parametrize('restart', ['reset service', 'stale camera'])
+def test_a_reset_or_a_stale_camera_starts_a_new_unflagged_history(setup, restart: str) -> None:
+    # threshold 0: every scored frame would be flagged, so "not flagged" means "not scored"
+    node, h = setup(surprise_threshold=0.0, stale_timeout=0.3)
+    before = _scored_frames_after(h, 0, 6)
+    assert any(m.status[0].level == m.status[0].WARN for m in before)  # scoring works at all
+    if restart == 'reset service':
+        response = h.call(Trigger, '/lewm_planner/reset')
+        assert response.success and 'new history' in response.message
+    else:
+        wait_ticks(node, 1)
+        assert wait_for(lambda: node._camera_stale(time.monotonic()), 5.0)
+        wait_ticks(node, 2)  # the loop sees the camera go stale
+    after = _scored_frames_after(h, len(h.surprise), node.model.config.frameskip)
+    assert node.history_restarts == 1
+    # the first frame after the restart has nothing to be compared with, and neither does any
+    # frame until one block of ticks has passed: none is scored, none is flagged
+    assert _is_warming_up(after[0]), after[0].status[0].message
+    assert all(m.status[0].level == m.status[0].OK for m in after[:2])
+
+
 def test_surprise_score_topic_follows_the_surprise_topic(setup) -> None:
     node, h = setup(surprise_topic='robot/surprise')
     scores = []
@@ -631,7 +664,7 @@ def test_diagnostics_report_rate_plan_time_and_frame_age(setup) -> None:
     assert 0 < float(figures['plan_ms_median']) <= float(figures['plan_budget_ms'])
     assert 0 <= float(figures['frame_age_ms_median']) < 1000.0 / (2 * RATE_HZ) + 100
     assert int(figures['frames_received']) >= int(figures['frames_used']) > 0
-    assert figures['planner'] == 'cem 16x2'
+    assert figures['planner'].startswith('icem 16x2, horizon 2')  # the recommended solver, set sizes
 
 
 def test_closing_the_node_sends_the_safe_action(setup) -> None:
@@ -718,7 +751,7 @@ def test_help_needs_no_ros_graph() -> None:
 
 def test_out_of_range_parameter_at_start_exits_non_zero(checkpoint: Path) -> None:
     result = subprocess.run([sys.executable, '-m', 'lewm_ros.nodes.planner_node', '--ros-args', '-p',
-                             f'checkpoint:={checkpoint}', '-p', 'samples:=1', '-p', 'safe_action:=brake'],
+                             f'checkpoint:={checkpoint}', '-p', 'samples:=-1', '-p', 'safe_action:=brake'],
                             capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 1 and 'invalid parameters' in output

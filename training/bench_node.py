@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from lewm_ros.nodes.planner_node import PlannerNode
     from lewm_ros.paths import share_dir
 
-    checkpoint = args.checkpoint or str(share_dir() / 'models' / 'demo_tworoom')
+    checkpoint = args.checkpoint or str(share_dir() / 'models' / 'tworoom')
     spawn = multiprocessing.get_context('spawn')
     parent_end, child_end = spawn.Pipe()
     camera = spawn.Process(target=camera_process, args=(child_end, vars(args)), daemon=True)

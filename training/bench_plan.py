@@ -18,13 +18,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--checkpoint', help='checkpoint directory to plan with')
     source.add_argument('--preset', help='training preset name or YAML (paper, tiny, ...): random weights')
-    parser.add_argument('--samples', type=int, default=300, help='candidates per iteration (default: 300)')
-    parser.add_argument('--iters', type=int, default=30, help='solver iterations (default: 30)')
     parser.add_argument(
-        '--elites', type=int, default=None, help='CEM elites (default: min(30, samples // 2))'
-    )
-    parser.add_argument('--horizon', type=int, default=5, help='plan length in action blocks (default: 5)')
-    parser.add_argument('--solver', default='cem', choices=('cem', 'icem', 'mppi'), help='default: cem')
+        '--samples', type=int, default=None,
+        help="candidates per iteration (default: the checkpoint's planner settings; with --preset the "
+        "paper's CEM, 300)",
+    )  # fmt: skip
+    parser.add_argument('--iters', type=int, default=None, help='solver iterations (default: as --samples)')
+    parser.add_argument('--elites', type=int, default=None, help='CEM elites (default: as --samples)')
+    parser.add_argument('--horizon', type=int, default=None, help='plan length in action blocks (default: as --samples)')
+    parser.add_argument('--solver', default=None, choices=('cem', 'icem', 'mppi'), help='default: as --samples')
     parser.add_argument('--envs', type=int, default=1, help='environments planned in one batch (default: 1)')
     parser.add_argument(
         '--history-frames', type=int, default=None,
@@ -93,18 +95,19 @@ def compare_bfloat16(args: argparse.Namespace, config) -> int:
 
     from lewm_ros.checkpoint import load_checkpoint
     from lewm_ros.planning import LatentPlanner
+    from lewm_ros.planning.goal_metric import goal_metric_from_meta
 
     if not (args.checkpoint and args.data):
         raise SystemExit('--compare-bfloat16 needs --checkpoint and --data')
     model, meta = load_checkpoint(args.checkpoint, config.device)
-    bounds = (meta.get('action_low'), meta.get('action_high'))
+    bounds = (meta.get('action_low'), meta.get('action_high'), goal_metric_from_meta(meta, model.config.embed_dim))
     planners = {
         'float32': LatentPlanner(model, config.replace(dtype='float32'), *bounds),
         'float32_seed2': LatentPlanner(model, config.replace(dtype='float32', seed=config.seed + 1), *bounds),
         'bfloat16': LatentPlanner(model, config.replace(dtype='bfloat16'), *bounds),
     }
     reference = planners['float32']
-    span = np.asarray(bounds[1], np.float32) - np.asarray(bounds[0], np.float32) if all(bounds) else 2.0
+    span = np.asarray(bounds[1], np.float32) - np.asarray(bounds[0], np.float32) if all(bounds[:2]) else 2.0
     rows = {
         name: {'cost_gap': [], 'first_block_diff': [], 'ms': []} for name in ('float32_seed2', 'bfloat16')
     }
@@ -150,22 +153,27 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from lewm_ros.checkpoint import read_metadata
     from lewm_ros.device import resolve_device
     from lewm_ros.model import LeWM, ModelConfig
-    from lewm_ros.planning import LatentPlanner, PlannerConfig
+    from lewm_ros.planning import LatentPlanner, settings
 
     for name in ('samples', 'iters', 'horizon', 'envs', 'plans'):
-        if getattr(args, name) < 1:
+        if (getattr(args, name) or 1) < 1:
             raise SystemExit(f'--{name.replace("_", "-")} must be at least 1')
     if args.threads < 0:
         raise SystemExit('--threads must be >= 0 (0: the planner chooses)')
     device = resolve_device(args.device)
-    elites = args.elites if args.elites is not None else max(2, min(30, args.samples // 2))
-    config = PlannerConfig(
-        solver=args.solver, samples=args.samples, iterations=args.iters, elites=elites, horizon=args.horizon,
-        receding_horizon=1, dtype=args.dtype, rollout=args.rollout, compile=args.compile,
-        cuda_graphs=args.cuda_graphs, device=str(device), threads=args.threads, seed=args.seed,
-    )  # fmt: skip
+    chosen = {'solver': args.solver, 'samples': args.samples, 'iterations': args.iters,
+              'elites': args.elites, 'horizon': args.horizon}
+    explicit = {k: v for k, v in chosen.items() if v is not None}
+    explicit.update(dtype=args.dtype, rollout=args.rollout, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                    device=str(device), threads=args.threads, seed=args.seed)
+    try:  # a checkpoint plans with its own settings; random weights are timed with the paper's CEM
+        meta = read_metadata(args.checkpoint) if args.checkpoint else {}
+        config = settings.resolve(meta, None if args.checkpoint else 'paper', explicit, 'flag').config
+    except ValueError as err:
+        raise SystemExit(f'lewm bench plan: {err}') from err
     torch.manual_seed(args.seed)
     if args.compare_bfloat16:
         return compare_bfloat16(args, config)
@@ -206,11 +214,13 @@ def run(args: argparse.Namespace) -> int:
         'weights': weights,
         'preset': args.preset,
         'checkpoint': args.checkpoint,
-        'solver': args.solver,
-        'samples': args.samples,
-        'iterations': args.iters,
-        'elites': elites,
-        'horizon': args.horizon,
+        'solver': config.solver,
+        'samples': config.samples,
+        'iterations': config.iterations,
+        'elites': config.elites,
+        'horizon': config.horizon,
+        'goal_cost': config.goal_cost,
+        'goal_metric': config.goal_metric,
         'envs': E,
         'history_frames': T,
         'rollout': args.rollout,
@@ -227,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = args.preset or args.checkpoint
         print(
-            f'plan {source} ({weights}): {args.solver} {args.samples} x {args.iters}, H={args.horizon}, '
+            f'plan {source} ({weights}): {config.solver} {config.samples} x {config.iterations}, '
+            f'H={config.horizon}, '
             f'{E} env(s), {T} frame(s) of history, {args.rollout} rollout, {summary["dtype"]}, on {device} '
             f'({summary["threads"]} threads)\n'
             f'  median {summary["median"]:.1f} ms/plan (min {summary["min"]:.1f}, max {summary["max"]:.1f}); '

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'info': ('training.info', 'print what a checkpoint holds'),
     'probe': ('training.probe', 'which state variables the embeddings encode (linear probe R²)'),
     'calibrate': ('training.calibrate', 'calibrate the surprise threshold on normal episodes'),
+    'tune': ('training.tune', 'find the planner settings that plan best for a checkpoint and store them'),
     'eval': ('training.evaluate', 'closed-loop planning success on a MuJoCo task'),
     'eval-surprise': ('training.eval_surprise', 'surprise AUROC for teleport / recolour events'),
     'bench': ('training.bench', 'benchmark training and planning speed (JSON output)'),
@@ -67,6 +68,7 @@ _INPUT_ERRORS = (
     ('lewm_ros.checkpoint', 'CheckpointError'),
     ('training.episodes', 'EpisodeFormatError'),
     ('training.bag_reading', 'BagError'),
+    ('lewm_ros.planning.settings', 'PlannerSettingsError'),
     ('yaml', 'YAMLError'),
 )
 

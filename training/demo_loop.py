@@ -57,10 +57,12 @@ def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
     try:
         sim = SimNode(context=context, env_id=env_id, img_size=int(meta['image_size']), mode='lockstep',
                       seed=args.seed, episode_steps=100000, auto_reset=False, control_rate_hz=args.rate_hz)
+        # the node's defaults (the checkpoint's planner settings and threshold) unless told otherwise
+        chosen = {'samples': args.samples, 'iterations': args.iterations}
         planner = PlannerNode(context=context, checkpoint=str(checkpoint), device=args.device,
-                              control_rate_hz=args.rate_hz, samples=args.samples,
-                              iterations=args.iterations, elites=min(30, args.samples // 4),
-                              frame_driven=True, stale_timeout=60.0)
+                              control_rate_hz=args.rate_hz, frame_driven=True, stale_timeout=60.0,
+                              **{k: v for k, v in chosen.items() if v is not None})
+        print(f'planner: {planner.settings.describe()}', flush=True)
         observer = Observer(context, sim)
         nodes = [sim, planner, observer.node]
         for node in nodes:
@@ -71,13 +73,14 @@ def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
         traces.append(observer.play_episode(args.episodes, perturb={'teleport': args.teleport_step,
                                                                    'recolour': args.recolour_step}))
         threshold = planner.mpc.surprise_threshold
-        plan_ms = planner.plan_times_ms
+        plan_ms = list(planner.plan_times_ms)
+        settings = planner.settings
     finally:
         executor.shutdown(timeout_sec=5.0)
         for node in nodes:
             node.destroy_node()
         rclpy.shutdown(context=context)
-    return _report(args, checkpoint, env_id, traces, threshold, plan_ms)
+    return _report(args, checkpoint, env_id, traces, threshold, plan_ms, settings)
 
 
 class Observer:
@@ -153,7 +156,7 @@ class Observer:
 
 
 def _report(args: argparse.Namespace, checkpoint: Path, env_id: str, traces: list[EpisodeTrace],
-            threshold: float | None, plan_ms: list[float]) -> int:
+            threshold: float | None, plan_ms: list[float], settings: Any) -> int:
     normal = [t for t in traces if not t.surprise_episode]
     special = next(t for t in traces if t.surprise_episode)
     wins = sum(t.success for t in normal)
@@ -166,15 +169,20 @@ def _report(args: argparse.Namespace, checkpoint: Path, env_id: str, traces: lis
         after = [s for st, s, _ in special.scores if step is not None and step < st <= step + 1]
         return max(after) if after else None
 
+    teleport, recolour = score_at('teleport'), score_at('recolour')
     summary = {
         'checkpoint': str(checkpoint), 'env_id': env_id, 'episodes': len(normal),
+        'planner': settings.config.to_dict(), 'planner_sources': settings.sources,
         'success_rate': wins / max(1, len(normal)), 'success_ci95': [low, high],
         'surprise': {
             'threshold': threshold,
             'normal_median': float(np.median(normal_scores)) if normal_scores.size else None,
             'normal_p99': float(np.quantile(normal_scores, 0.99)) if normal_scores.size else None,
+            'normal_frames': int(normal_scores.size), 'false_flags': int(false_flags),
             'false_flag_rate': false_flags / max(1, normal_scores.size),
-            'teleport_score': score_at('teleport'), 'recolour_score': score_at('recolour'),
+            'teleport_score': teleport, 'recolour_score': recolour,
+            'teleport_flagged': teleport is not None and threshold is not None and teleport > threshold,
+            'teleport_over_recolour': teleport / recolour if teleport and recolour else None,
             'events': special.events,
         },
         'plan_ms_median': float(np.median(plan_ms)) if plan_ms else None,
@@ -192,9 +200,12 @@ def _report(args: argparse.Namespace, checkpoint: Path, env_id: str, traces: lis
           f'95 % CI {low:.0%}-{high:.0%})')
     print(f'planning: median {fmt(summary["plan_ms_median"])} ms per plan')
     print(f'surprise: threshold {fmt(threshold)}; normal frames median {fmt(s["normal_median"])}, '
-          f'p99 {fmt(s["normal_p99"])}, false flags {s["false_flag_rate"]:.1%}')
-    print(f'          teleport at step {s["events"].get("teleport")}: score {fmt(s["teleport_score"])}; '
-          f'recolour at step {s["events"].get("recolour")}: score {fmt(s["recolour_score"])}')
+          f'p99 {fmt(s["normal_p99"])}, false flags {s["false_flags"]}/{s["normal_frames"]} '
+          f'({s["false_flag_rate"]:.1%})')
+    print(f'          teleport at step {s["events"].get("teleport")}: score {fmt(s["teleport_score"])} '
+          f'({"flagged" if s["teleport_flagged"] else "NOT flagged"}); recolour at step '
+          f'{s["events"].get("recolour")}: score {fmt(s["recolour_score"])}; teleport / recolour '
+          f'{fmt(s["teleport_over_recolour"])}')
     print(f'wrote {png} and {args.out / "demo.json"}')
     return 0
 

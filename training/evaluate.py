@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--env', default=None, help="task id (default: the checkpoint's env_id)")
     parser.add_argument('--episodes', type=int, default=50, help='evaluation episodes (default: 50)')
     parser.add_argument('--envs', type=int, default=10, help='environments planned together (default: 10)')
-    parser.add_argument(
-        '--replan-every', type=int, default=None,
-        help='re-plan after this many action blocks (default: the planner config, paper: 5 = whole plan)',
-    )  # fmt: skip
     parser.add_argument('--budget', type=int, default=50, help='env steps per episode (default: 50)')
     parser.add_argument(
         '--goal-ahead', type=int, default=25, help='goal = expert state N steps later (default: 25)'
     )
     parser.add_argument('--data', default=None, help="episode file with a 'state' column to take starts from")
+    add_planner_arguments(parser)
+    parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps (default: auto)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of starts, goals and planner (default: 0)')
+    parser.add_argument('--json', dest='json_out', default=None, help='write the results to this JSON file')
+    parser.add_argument('--plot', default=None, help='write a PNG (success + plan-time histogram)')
+    parser.epilog = (
+        "Planner settings: the checkpoint's (written by `lewm tune`), else our recommended ones; "
+        '--planner-preset and single flags override them. `lewm info CKPT` shows which are stored.'
+    )
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % for z = 1.96); good at 0 % and 100 % too."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # clipped to contain p: at 0 % or 100 % rounding would otherwise leave p a hair outside
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+
+
+def add_planner_arguments(parser: argparse.ArgumentParser) -> None:
+    """The planner flags shared by the commands that plan; unset flags leave the checkpoint's settings."""
+    from lewm_ros.planning.settings import PRESETS
+
+    parser.add_argument(
+        '--planner-preset', choices=sorted(PRESETS), default=None,
+        help="named planner settings instead of the checkpoint's: paper = the reference CEM "
+        '(300 x 30, final goal cost, euclidean), recommended = our defaults',
+    )  # fmt: skip
     parser.add_argument(
         '--planner-config', default=None, help="YAML with planner settings (a 'planner:' section)"
     )
@@ -42,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--iters', type=int, default=None, help='override solver iterations')
     parser.add_argument('--elites', type=int, default=None, help='override CEM elites')
     parser.add_argument('--horizon', type=int, default=None, help='override the horizon (blocks)')
+    parser.add_argument(
+        '--replan-every', type=int, default=None,
+        help='re-plan after this many action blocks (receding horizon)',
+    )  # fmt: skip
     parser.add_argument(
         '--goal-cost', choices=('final', 'mean'), default=None,
         help="distance to the goal of the final prediction (the paper's) or its mean over the blocks",
@@ -60,52 +93,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help='rollout precision (default: auto)',
     )
-    parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps (default: auto)')
     parser.add_argument(
         '--threads', type=int, default=None, help='CPU threads (default: the planner chooses by model size)'
     )
-    parser.add_argument('--seed', type=int, default=0, help='seed of starts, goals and planner (default: 0)')
-    parser.add_argument('--json', dest='json_out', default=None, help='write the results to this JSON file')
-    parser.add_argument('--plot', default=None, help='write a PNG (success + plan-time histogram)')
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95 % for z = 1.96); good at 0 % and 100 % too."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # clipped to contain p: at 0 % or 100 % rounding would otherwise leave p a hair outside
-    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+# flag (argparse dest) -> PlannerConfig field
+PLANNER_FLAGS = (
+    ('solver', 'solver'), ('samples', 'samples'), ('iters', 'iterations'), ('elites', 'elites'),
+    ('horizon', 'horizon'), ('replan_every', 'receding_horizon'), ('dtype', 'dtype'),
+    ('threads', 'threads'), ('icem_white_fraction', 'icem_white_fraction'), ('goal_cost', 'goal_cost'),
+    ('goal_metric', 'goal_metric'),
+)
 
 
-def planner_config_from_args(args: argparse.Namespace, device: str) -> Any:
-    """PlannerConfig: defaults (the paper's), then ``--planner-config``, then single flags."""
+def planner_settings_from_args(args: argparse.Namespace, meta: dict[str, Any], device: str) -> Any:
+    """ResolvedSettings: defaults < the checkpoint's < ``--planner-preset`` < ``--planner-config`` < flags.
+
+    Raises ``PlannerSettingsError`` (a ValueError) naming the setting that is wrong.
+    """
     import yaml
 
-    from lewm_ros.planning import PlannerConfig
+    from lewm_ros.planning import settings
 
     values: dict[str, Any] = {}
-    if args.planner_config:
+    if getattr(args, 'planner_config', None):
         loaded = yaml.safe_load(Path(args.planner_config).read_text(encoding='utf-8')) or {}
         values.update(loaded.get('planner', loaded) if isinstance(loaded, dict) else {})
-    for flag, key in (
-        ('solver', 'solver'), ('samples', 'samples'), ('iters', 'iterations'), ('elites', 'elites'),
-        ('horizon', 'horizon'), ('replan_every', 'receding_horizon'), ('dtype', 'dtype'),
-        ('threads', 'threads'), ('icem_white_fraction', 'icem_white_fraction'), ('goal_cost', 'goal_cost'),
-        ('goal_metric', 'goal_metric'),
-    ):  # fmt: skip
+    for flag, key in PLANNER_FLAGS:
         if getattr(args, flag, None) is not None:
             values[key] = getattr(args, flag)
     values['device'] = device
-    values.setdefault('seed', args.seed)
-    if 'samples' in values and 'elites' not in values:
-        values['elites'] = max(2, min(PlannerConfig.elites, values['samples'] // 2))
-    if values.get('horizon') and 'receding_horizon' not in values:
-        values['receding_horizon'] = min(PlannerConfig.receding_horizon, values['horizon'])
-    return PlannerConfig.from_dict(values)
+    values.setdefault('seed', getattr(args, 'seed', 0))
+    return settings.resolve(meta, getattr(args, 'planner_preset', None), values, explicit_source='flag')
 
 
 class StartSource:
@@ -142,11 +162,12 @@ class StartSource:
 
 
 def run_batch(
-    planner: Any, envs: list[Any], starts: list[tuple[Any, Any]], budget: int
-) -> tuple[list, list, list]:
-    """Run one lockstep batch of episodes; returns (success, plan-call timings, end state per env).
+    planner: Any, envs: list[Any], starts: list[tuple[Any, Any]], budget: int, record: bool = False
+) -> tuple[list, list, list, list]:
+    """Run one lockstep batch of episodes; returns (success, plan-call timings, end state per env, recordings).
 
-    An env stops at its first success, so its end state is where it succeeded.
+    An env stops at its first success, so its end state is where it succeeded. With ``record``,
+    recordings holds (frames (T + 1, H, W, 3), actions (T, A)) per env, else it is empty.
     """
     import numpy as np
 
@@ -154,11 +175,15 @@ def run_batch(
 
     cfg, fs, A = planner.config, planner.frameskip, planner.action_dim
     histories, goals = [], []
+    frames_seen: dict[int, list[Any]] = {}
+    actions_done: dict[int, list[Any]] = {i: [] for i in range(len(envs))}
     for env, (start, goal) in zip(envs, starts, strict=True):
         obs, _ = env.reset(options={'state': start, 'goal_state': goal})
         history = BlockHistory(planner.history, fs, A)
         history.reset(obs)
         histories.append(history)
+        if record:
+            frames_seen[len(histories) - 1] = [obs]
         goals.append(env.goal_image())
     goal_z = planner.encode_goal(np.stack(goals))
     planner.reset()
@@ -184,11 +209,16 @@ def run_batch(
             for action in block[: budget - steps]:
                 obs, _, _, _, info = envs[i].step(action)
                 histories[i].step(action, obs)
+                if record:
+                    frames_seen[i].append(obs)
+                    actions_done[i].append(np.asarray(action, np.float32))
                 if info['is_success']:  # stop here: the end state recorded is where it succeeded
                     success[i] = True
                     break
         steps += min(fs, budget - steps)
-    return success, timings, [env.get_state() for env in envs]
+    recordings = [(np.stack(frames_seen[i]), np.stack(actions_done[i]) if actions_done[i] else
+                   np.zeros((0, A), np.float32)) for i in range(len(envs))] if record else []
+    return success, timings, [env.get_state() for env in envs], recordings
 
 
 def plot_results(path: str, summary: dict[str, Any], plan_ms: list[float]) -> None:
@@ -213,15 +243,82 @@ def plot_results(path: str, summary: dict[str, Any], plan_ms: list[float]) -> No
     save_figure(fig, path)
 
 
+@dataclass
+class EpisodeResults:
+    """What a run of closed-loop episodes gave: success per episode, plan timings, where each ended."""
+
+    successes: list[bool]
+    timings: list[dict[str, float]]
+    episode_states: list[dict[str, list[float]]]
+    recordings: list[tuple[Any, Any]] = field(default_factory=list)  # (frames, actions) per episode
+
+    def summary(self) -> dict[str, Any]:
+        """Success with its 95 % interval and plan-time figures, as the JSON reports hold them."""
+        import numpy as np
+
+        plan_ms = [t['total_ms'] for t in self.timings]
+        per_env_ms = [t['total_ms'] / t['envs'] for t in self.timings]
+        k, n = int(sum(self.successes)), len(self.successes)
+        lo, hi = wilson_interval(k, n)
+        return {
+            'episodes': n, 'successes': k, 'success_rate': k / max(1, n), 'success_ci95': [lo, hi],
+            'plan_calls': len(plan_ms),
+            'plan_ms_median': float(np.median(plan_ms)) if plan_ms else None,
+            'plan_ms_p90': float(np.percentile(plan_ms, 90)) if plan_ms else None,
+            'plan_ms_per_env_median': float(np.median(per_env_ms)) if plan_ms else None,
+        }
+
+
+def run_episodes(
+    planner: Any, env_id: str, episodes: int, n_envs: int, seed: int, budget: int = 50, goal_ahead: int = 25,
+    data: str | None = None, record: bool = False, desc: str | None = None,
+) -> EpisodeResults:
+    """Play ``episodes`` evaluation episodes with ``planner``, ``n_envs`` at a time (the module's protocol).
+
+    ``record`` keeps every episode's frames (T + 1, H, W, 3) and executed actions (T, A), e.g. to
+    calibrate the surprise threshold on the frames the planner produces.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from lewm_ros.sim import make_env
+
+    n_envs = min(n_envs, episodes)
+    envs = [make_env(env_id, img_size=planner.model.config.image_size) for _ in range(n_envs)]
+    if envs[0].frameskip != planner.frameskip:
+        print(f'note: {env_id} records with frameskip {envs[0].frameskip}; '
+              f'the model plans blocks of {planner.frameskip} steps')
+    starts = StartSource(envs[0], seed, goal_ahead, data)
+    results = EpisodeResults([], [], [])
+    try:
+        with tqdm(total=episodes, desc=desc or f'eval {env_id}', unit='episode') as bar:
+            for first in range(0, episodes, n_envs):
+                batch = list(range(first, min(first + n_envs, episodes)))
+                batch_starts = [starts(i) for i in batch]
+                ok, t, ends, recorded = run_batch(planner, envs[: len(batch)], batch_starts, budget, record)
+                results.successes.extend(ok)
+                results.timings.extend(t)
+                results.recordings.extend(recorded)
+                results.episode_states.extend(
+                    {'start': np.asarray(start).tolist(), 'goal': np.asarray(goal).tolist(), 'end': end.tolist()}
+                    for (start, goal), end in zip(batch_starts, ends, strict=True)
+                )
+                bar.update(len(batch))
+                bar.set_postfix(success=f'{np.mean(results.successes):.0%}')
+    finally:
+        for env in envs:
+            env.close()
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print/write the results."""
     import numpy as np
-    from tqdm import tqdm
 
     from lewm_ros.checkpoint import read_metadata
     from lewm_ros.device import resolve_device
     from lewm_ros.planning import LatentPlanner
-    from lewm_ros.sim import ENV_IDS, make_env
+    from lewm_ros.sim import ENV_IDS
 
     if args.episodes < 1 or args.envs < 1 or args.budget < 1:
         raise SystemExit('--episodes, --envs and --budget must be at least 1')
@@ -233,73 +330,44 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     try:
-        config = planner_config_from_args(args, str(device))
+        resolved = planner_settings_from_args(args, meta, str(device))
+        config = resolved.config
         planner = LatentPlanner.from_checkpoint(args.checkpoint, config)
     except ValueError as err:  # a bad planner setting, or one this checkpoint cannot serve
         raise SystemExit(f'lewm eval: {err}') from err
-    image_size = planner.model.config.image_size
-    n_envs = min(args.envs, args.episodes)
-    envs = [make_env(env_id, img_size=image_size) for _ in range(n_envs)]
-    if envs[0].frameskip != planner.frameskip:
-        print(
-            f'note: {env_id} records with frameskip {envs[0].frameskip}; '
-            f'the model plans blocks of {planner.frameskip} steps'
-        )
-    starts = StartSource(envs[0], args.seed, args.goal_ahead, args.data)
-    successes: list[bool] = []
-    timings: list[dict[str, float]] = []
-    episode_states: list[dict[str, list[float]]] = []  # to see where the failures are
-    with tqdm(total=args.episodes, desc=f'eval {env_id}', unit='episode') as bar:
-        for first in range(0, args.episodes, n_envs):
-            batch = list(range(first, min(first + n_envs, args.episodes)))
-            batch_starts = [starts(i) for i in batch]
-            ok, t, ends = run_batch(planner, envs[: len(batch)], batch_starts, args.budget)
-            successes.extend(ok)
-            timings.extend(t)
-            episode_states.extend(
-                {'start': np.asarray(start).tolist(), 'goal': np.asarray(goal).tolist(), 'end': end.tolist()}
-                for (start, goal), end in zip(batch_starts, ends, strict=True)
-            )
-            bar.update(len(batch))
-            bar.set_postfix(success=f'{np.mean(successes):.0%}')
-    for env in envs:
-        env.close()
+    print(f'planner: {resolved.describe()}')
+    results = run_episodes(planner, env_id, args.episodes, args.envs, args.seed, args.budget, args.goal_ahead,
+                           args.data)
+    timings = results.timings
     plan_ms = [t['total_ms'] for t in timings]
-    per_env_ms = [t['total_ms'] / t['envs'] for t in timings]
-    k, n = int(sum(successes)), len(successes)
-    lo, hi = wilson_interval(k, n)
+    figures = results.summary()
+    k, n, (lo, hi) = figures['successes'], figures['episodes'], figures['success_ci95']
     summary = {
         'env_id': env_id,
         'checkpoint': str(args.checkpoint),
-        'episodes': n,
-        'successes': k,
-        'success_rate': k / n,
-        'success_ci95': [lo, hi],
-        'success_per_episode': [bool(s) for s in successes],
-        'episode_states': episode_states,
-        'plan_calls': len(plan_ms),
-        'plan_ms_median': float(np.median(plan_ms)) if plan_ms else None,
-        'plan_ms_p90': float(np.percentile(plan_ms, 90)) if plan_ms else None,
-        'plan_ms_per_env_median': float(np.median(per_env_ms)) if plan_ms else None,
+        **figures,
+        'success_per_episode': [bool(s) for s in results.successes],
+        'episode_states': results.episode_states,
         'plan_breakdown_ms_median': {
             key: float(np.median([t[key] for t in timings]))
             for key in ('encode_ms', 'rollout_ms', 'solver_ms')
         }
         if timings
         else None,
-        'envs_per_batch': n_envs,
+        'envs_per_batch': min(args.envs, args.episodes),
         'budget_steps': args.budget,
         'goal_ahead_steps': args.goal_ahead,
         'starts': 'data' if args.data else 'expert',
         'seed': args.seed,
         'device': str(device),
         'planner': config.to_dict(),
+        'planner_sources': resolved.sources,
         'rollout_dtype': str(planner.rollout_dtype).replace('torch.', ''),
     }
     print(
         f'{env_id}: success {100 * k / n:.1f} % ({k}/{n}, 95 % CI {100 * lo:.1f}-{100 * hi:.1f} %); '
         f'plan {summary["plan_ms_median"]:.0f} ms median, {summary["plan_ms_p90"]:.0f} ms p90 per call '
-        f'of up to {n_envs} envs ({summary["plan_ms_per_env_median"]:.0f} ms per env)'
+        f'of up to {summary["envs_per_batch"]} envs ({summary["plan_ms_per_env_median"]:.0f} ms per env)'
     )
     if args.json_out:
         write_json(args.json_out, summary)

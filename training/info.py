@@ -81,5 +81,27 @@ def run(args: argparse.Namespace) -> int:
             else f'{metric["kind"]} from {metric["steps"]} one-step changes of {metric["data"]}'
         )
     )
+    lines += _planner_lines(meta)
     print('\n'.join(lines))
     return 0
+
+
+def _planner_lines(meta: dict) -> list[str]:
+    """The planner settings every tool uses with this checkpoint, where each comes from, and how they did."""
+    from lewm_ros.planning.settings import resolve
+
+    resolved = resolve(meta)  # an invalid stored setting raises, naming the key
+    config, block = resolved.config, meta.get('planner') or {}
+    origin = (f'stored by {block.get("source", "?")}' if block else
+              'none stored (run `lewm tune`): our recommended settings')
+    lines = [f'planner      {config.solver} {config.samples} x {config.iterations} (elites {config.elites}), '
+             f'horizon {config.horizon}, replan every {config.receding_horizon}, goal cost {config.goal_cost}, '
+             f'metric {config.goal_metric}, white fraction {config.icem_white_fraction:g}; {origin}',
+             '  sources    ' + ', '.join(f'{k}: {v}' for k, v in resolved.sources.items())]
+    measured = block.get('measured')
+    if measured:
+        lo, hi = measured.get('success_ci95', [None, None])
+        ci = f', 95 % CI {100 * lo:.0f}-{100 * hi:.0f} %' if lo is not None else ''
+        lines.append(f'  measured   success {100 * measured["success_rate"]:.1f} % of {measured["episodes"]} '
+                     f'episodes{ci} on {measured.get("env_id", "?")} (seed {measured.get("seed", "?")})')
+    return lines

@@ -66,11 +66,12 @@ from lewm_ros.latent_mpc import LatentMPC  # noqa: E402
 from lewm_ros.nodes.action_messages import action_message_class, action_to_message, check_action_type  # noqa: E402
 from lewm_ros.nodes.node_runner import run_node  # noqa: E402
 from lewm_ros.nodes.parameter_specs import declare  # noqa: E402
-from lewm_ros.nodes.planner_params import PLANNER_PARAMS  # noqa: E402
+from lewm_ros.nodes.planner_params import PLANNER_PARAMS, PLANNER_SETTING_PARAMS  # noqa: E402
 from lewm_ros.planning.budget import PlanCost, fit_measured, fit_to_budget, measure_plan_cost  # noqa: E402
 from lewm_ros.planning.config import PlannerConfig  # noqa: E402
-from lewm_ros.planning.goal_metric import NOT_CALIBRATED, goal_metric_from_meta  # noqa: E402
+from lewm_ros.planning.goal_metric import goal_metric_from_meta  # noqa: E402
 from lewm_ros.planning.planner import LatentPlanner  # noqa: E402
+from lewm_ros.planning.settings import ResolvedSettings, resolve  # noqa: E402
 from lewm_ros.surprise import SurpriseReading  # noqa: E402
 
 SUMMARY = ('Plan actions towards a goal image with a LeWM world model, and flag surprising frames.\n'
@@ -78,22 +79,21 @@ SUMMARY = ('Plan actions towards a goal image with a LeWM world model, and flag 
            'lewm/goal_image (sensor_msgs/Image)\n'
            'topics out: lewm/action, lewm/plan, lewm/surprise (diagnostic_msgs/DiagnosticArray), '
            'lewm/surprise/score (std_msgs/Float32), /diagnostics (node health)\n'
-           'services:   ~/set_goal_from_camera, ~/clear_goal (std_srvs/Trigger)')
+           'services:   ~/set_goal_from_camera, ~/clear_goal, ~/reset (std_srvs/Trigger)')
 _SPECS = {spec.name: spec for spec in PLANNER_PARAMS}
-_PLANNER_KEYS = ('solver', 'samples', 'iterations', 'elites', 'icem_white_fraction', 'goal_cost',
-                 'goal_metric', 'horizon', 'replan_every', 'seed', 'max_plan_time')
+_PLANNER_KEYS = (*PLANNER_SETTING_PARAMS, 'planner_preset', 'seed', 'max_plan_time')
 _BOUNDS_KEYS = ('action_low', 'action_high')
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 FRAME_DRIVEN_PLAN_TIME = 2.0  # auto plan budget when the world waits for each action (lock-step)
 
 
-def _planner_config(p: dict[str, Any]) -> PlannerConfig:
-    """The planner settings held in the node's parameters (validated by PlannerConfig)."""
-    return PlannerConfig(solver=p['solver'], samples=p['samples'], iterations=p['iterations'],
-                         elites=p['elites'], icem_white_fraction=p['icem_white_fraction'],
-                         goal_cost=p['goal_cost'], goal_metric=p['goal_metric'], horizon=p['horizon'],
-                         receding_horizon=p['replan_every'], threads=p['threads'], seed=p['seed'])
+def resolve_planner_settings(meta: dict[str, Any], p: dict[str, Any]) -> ResolvedSettings:
+    """The planner settings for parameters ``p``: set parameters win over the preset, then the checkpoint's."""
+    explicit = {field: p[name] for name, (field, unset) in PLANNER_SETTING_PARAMS.items()
+                if p[name] != unset and not (isinstance(unset, float) and p[name] < 0)}
+    base = PlannerConfig(threads=p['threads'], seed=p['seed'])
+    return resolve(meta, p['planner_preset'] or None, explicit, explicit_source='parameter', base=base)
 
 
 def _as_lists(changes: dict[str, Any]) -> dict[str, Any]:
@@ -138,17 +138,19 @@ class PlannerNode(Node):
         self.bounds = self._resolve_bounds(p)
         self.gate = ActionGate(self.bounds, p['safe_action'])
         self._goal_metric = goal_metric_from_meta(self.meta, cfg.embed_dim)
-        if p['goal_metric'] == 'whitened' and self._goal_metric is None:
-            raise ValueError(NOT_CALIBRATED)
-        self.plan_cost: PlanCost = measure_plan_cost(self._planner(_planner_config(p), self.bounds))
-        planner, self.budget_note = self._fitted_planner(p, self.bounds, timed=True)
-        self.mpc = LatentMPC(planner, self._threshold(p['surprise_threshold']), p['replan_every'])
+        self.settings = resolve_planner_settings(self.meta, p)
+        self.plan_cost: PlanCost = measure_plan_cost(self._planner(self.settings.config, self.bounds))
+        planner, self.budget_note = self._fitted_planner(self.settings, self.bounds, p, timed=True)
+        self.mpc = LatentMPC(planner, self._threshold(p['surprise_threshold']),
+                             self.settings.config.receding_horizon)
 
         # Hand-over between the executor (callbacks) and the control thread, under _lock.
         self._lock = threading.Lock()
         self._latest_msg: tuple[Any, float] | None = None  # (message, monotonic arrival)
         self._new_frame = threading.Event()
         self._pending_goal: np.ndarray | str | None = None  # image, or 'clear'
+        self._pending_reset = False  # ~/reset: the world was reset, restart the frame history
+        self._went_stale = False  # the camera was stale since the last frame: restart the history too
         self._planner_stale = False  # parameters changed: the loop rebuilds the planner
         # Everything that publishes an action holds _send_lock; _generation counts goal changes,
         # so a plan made for a goal that was cleared or replaced meanwhile is never sent.
@@ -164,6 +166,7 @@ class PlannerNode(Node):
         self._warned: dict[str, float] = {}
         # Figures for /diagnostics, benchmarks and the demo (plain counters: read without locks).
         self.ticks = self.missed_ticks = self.actions_sent = self.planner_errors = self.stale_ticks = 0
+        self.history_restarts = 0  # by ~/reset or a gap in the camera stream (not by goal changes)
         self.safe_actions: dict[str, int] = {}  # safe actions sent, by reason
         self.frames_received = self.frames_used = 0
         self.dropped = {'camera': 0, 'goal': 0}
@@ -193,6 +196,7 @@ class PlannerNode(Node):
         self.create_service(Trigger, '~/set_goal_from_camera', self._srv_goal_from_camera,
                             callback_group=self._inputs)
         self.create_service(Trigger, '~/clear_goal', self._srv_clear_goal, callback_group=self._inputs)
+        self.create_service(Trigger, '~/reset', self._srv_reset, callback_group=self._inputs)
         self.action_pub = self.create_publisher(action_message_class(p['action_type']), p['action_topic'], 10)
         self.plan_pub = self.create_publisher(Float64MultiArray, p['plan_topic'], 10)
         self.surprise_pub = self.create_publisher(DiagnosticArray, p['surprise_topic'], 10)
@@ -224,10 +228,10 @@ class PlannerNode(Node):
             return float(p['max_plan_time'])
         return FRAME_DRIVEN_PLAN_TIME if p['frame_driven'] else 0.8 / p['control_rate_hz']
 
-    def _fitted_planner(self, p: dict[str, Any], bounds: ActionBounds,
+    def _fitted_planner(self, settings: ResolvedSettings, bounds: ActionBounds, p: dict[str, Any],
                         timed: bool = False) -> tuple[LatentPlanner, str | None]:
-        """The planner for ``p``, its samples capped to the plan budget (``timed``: checked by timing)."""
-        planner = self._planner(_planner_config(p), bounds)
+        """The planner for ``settings``, its samples capped to the budget of ``p`` (``timed``: checked by timing)."""
+        planner = self._planner(settings.config, bounds)
         if timed:
             config, note = fit_measured(planner, self.plan_cost, self.plan_budget(p))
         else:
@@ -243,8 +247,7 @@ class PlannerNode(Node):
         log = self.get_logger()
         log.info(f"loaded {p['checkpoint']} ({self.model.num_parameters() / 1e6:.1f} M parameters, "
                  f'{self.image_size} px, frameskip {cfg.frameskip}, history {cfg.history}) on {device}; '
-                 f'{planner.solver} {planner.samples}x{planner.iterations}, '
-                 f'horizon {planner.horizon} blocks, '
+                 f'planning {planner.solver} {planner.samples}x{planner.iterations} in force, '
                  f"{p['control_rate_hz']:g} Hz{' (frame driven)' if p['frame_driven'] else ''}; "
                  f'plan budget {self.plan_budget() * 1e3:.0f} ms (measured '
                  f'{self.plan_cost.seconds(planner.samples, planner.iterations) * 1e3:.0f} ms per plan); '
@@ -252,6 +255,7 @@ class PlannerNode(Node):
                  'surprise threshold '
                  f"{'none (run `lewm calibrate`)' if threshold is None else f'{threshold:.4g}'}; camera "
                  f'{self._camera_topic_name} ({p["camera_transport"]}, {self._camera_reliability})')
+        log.info(f'planner settings: {self.settings.describe()}')
         if self.budget_note:
             log.warning(self.budget_note)
         if not self.bounds.bounded:
@@ -344,12 +348,10 @@ class PlannerNode(Node):
                 return problem
         merged = {**self.params, **_as_lists(changes)}
         try:
-            _planner_config(merged)
+            resolve_planner_settings(self.meta, merged)
             self._resolve_bounds(merged)
-        except ValueError as err:  # BoundsError is one
+        except ValueError as err:  # BoundsError and PlannerSettingsError are ones
             return str(err)
-        if merged['goal_metric'] == 'whitened' and self._goal_metric is None:
-            return NOT_CALIBRATED
         return None
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -388,8 +390,10 @@ class PlannerNode(Node):
         """The planner for the parameters in force (control thread, between two plans)."""
         self._planner_stale = False
         params, bounds = self.params, self.bounds
-        planner, note = self._fitted_planner(params, bounds)
-        self.mpc.replace_planner(planner, params['replan_every'])
+        self.settings = resolve_planner_settings(self.meta, params)
+        planner, note = self._fitted_planner(self.settings, bounds, params)
+        self.mpc.replace_planner(planner, self.settings.config.receding_horizon)
+        self.get_logger().info(f'planner settings in force: {self.settings.describe()}')
         self.budget_note = note
         if note:
             self.get_logger().warning(note)
@@ -450,6 +454,15 @@ class PlannerNode(Node):
             self._send(None, 'goal cleared')
         response.success = True
         response.message = 'goal cleared: safe action sent, no actions until a new goal'
+        return response
+
+    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            self._pending_reset = True
+        self._new_frame.set()
+        response.success = True
+        response.message = ('episode reset: the next frame starts a new history (not scored as a surprise); '
+                            'the goal is kept')
         return response
 
     # -- output gate (every action goes through here) ----------------------------------------------------
@@ -532,7 +545,7 @@ class PlannerNode(Node):
         self._tick_starts.append(start)
         with self._lock:
             latest, goal, generation = self._latest_msg, self._pending_goal, self._generation
-            self._pending_goal = None
+            reset, self._pending_goal, self._pending_reset = self._pending_reset, None, False
             if latest is not None and latest[1] == self._taken_arrival:
                 latest = None  # nothing new since the last tick
             elif latest is not None:
@@ -543,8 +556,14 @@ class PlannerNode(Node):
         if latest is not None:
             frame = self._convert(latest[0], 'camera')
             if frame is not None:
+                # After a stale camera what happened meanwhile is unknown (a reset, the robot moved
+                # by hand): the new frame starts a new history.
+                reset, self._went_stale = reset or self._went_stale, False
                 self._frame, self._frame_stamp, self._frame_arrival = frame, latest[0].header.stamp, latest[1]
                 self.frames_used += 1
+        if reset:
+            self.mpc.restart_history()
+            self.history_restarts += 1
         if self.params['frame_driven'] and frame is None and goal is None:
             # Lock-step: the world moves only when we act, so a tick without a new frame is not a
             # time step (counting it would misalign the history with the simulator's steps); but
@@ -561,6 +580,8 @@ class PlannerNode(Node):
             if reading is not None:
                 self._publish_surprise(reading, self._frame_stamp)
         if not self.mpc.has_goal:
+            if self._frame_arrival is not None and self._camera_stale(start):
+                self._went_stale = True  # the surprise monitor runs without a goal too
             self._warn_every('no-goal', 5.0, 'no goal: not acting (publish an image on '
                              f"{self.params['goal_topic']} or call ~/set_goal_from_camera)", level='info')
             self.mpc.executed(None)
@@ -593,6 +614,7 @@ class PlannerNode(Node):
         self._warn_every('stale', 2.0, f"camera stale (no frame for more than {self.params['stale_timeout']} "
                          f"s): sending the safe action ({self.params['safe_action']})")
         self.mpc.restart_plan()
+        self._went_stale = True
         sent = self._send(None, 'camera stale')
         self.stale_ticks += 1
         return sent
@@ -650,13 +672,15 @@ class PlannerNode(Node):
             'plan_ms_median': round(pct(self.plan_times_ms, 50), 2),
             'plan_ms_p99': round(pct(self.plan_times_ms, 99), 2),
             'plan_budget_ms': round(self.plan_budget() * 1e3, 1),
-            'planner': f'{planner.solver} {planner.samples}x{planner.iterations}',
+            'planner': (f'{planner.solver} {planner.samples}x{planner.iterations}, horizon {planner.horizon}, '
+                        f'replan every {planner.receding_horizon}, {planner.goal_cost} {planner.goal_metric} cost'),
             'frame_age_ms_median': round(pct(self.frame_ages_ms, 50), 2),
             'frame_to_action_ms_p99': round(pct(self.latencies_ms, 99), 2),
             'frames_received': self.frames_received, 'frames_used': self.frames_used,
             'frames_superseded': max(0, self.frames_received - self.frames_used - self.dropped['camera']),
             'dropped_camera': self.dropped['camera'], 'dropped_goal': self.dropped['goal'],
             'last_drop_reason': self.last_drop_reason, 'stale_ticks': self.stale_ticks,
+            'history_restarts': self.history_restarts,
             'actions_sent': self.actions_sent, 'safe_actions_sent': sum(self.safe_actions.values()),
             **{f'safe_actions_{k.replace(" ", "_")}': v for k, v in sorted(self.safe_actions.items())},
             'planner_errors': self.planner_errors, 'camera_qos': self._camera_reliability,

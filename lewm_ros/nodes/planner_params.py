@@ -7,6 +7,14 @@ from lewm_ros.nodes.action_messages import ACTION_TYPES
 from lewm_ros.nodes.parameter_specs import ParamSpec
 
 SOLVERS = ('cem', 'icem', 'mppi')  # = lewm_ros.planning.config.SOLVERS, which would import torch here
+PRESETS = ('paper', 'recommended')  # = lewm_ros.planning.settings.PRESETS
+# node parameter -> PlannerConfig field, and the value that means "not set: the checkpoint's"
+PLANNER_SETTING_PARAMS = {
+    'solver': ('solver', ''), 'samples': ('samples', 0), 'iterations': ('iterations', 0),
+    'elites': ('elites', 0), 'icem_white_fraction': ('icem_white_fraction', -1.0),
+    'goal_cost': ('goal_cost', ''), 'goal_metric': ('goal_metric', ''), 'horizon': ('horizon', 0),
+    'replan_every': ('receding_horizon', 0),
+}
 CAMERA_TRANSPORTS = ('raw', 'compressed')
 CAMERA_QOS = ('auto', 'sensor_data', 'reliable')
 
@@ -42,25 +50,33 @@ PLANNER_PARAMS = (
     ParamSpec('frame_driven', False, 'act only on ticks that bring a new camera frame, one action per frame '
               '(for lock-step simulators, where the next frame answers the last action); false: one action '
               'per tick whatever the camera does', read_only=False),
-    ParamSpec('solver', 'cem', 'sampling-based planner in latent space', choices=SOLVERS),
-    ParamSpec('samples', 300, 'candidate action sequences per iteration', read_only=False,
-              low=2, high=100000),
-    ParamSpec('iterations', 30, 'solver iterations per plan', read_only=False, low=1, high=1000),
-    ParamSpec('elites', 30, 'elite candidates refitted per iteration (<= samples)', read_only=False,
-              low=1, high=100000),
-    ParamSpec('icem_white_fraction', 0.0, 'icem only: share of samples drawn with white instead of coloured '
-              'noise (0 = the paper\'s iCEM; 0.5 is part of the settings that plan best, docs/planning.md)',
-              read_only=False, low=0.0, high=1.0),
-    ParamSpec('goal_cost', 'final', "distance to the goal embedding of the plan's final prediction (the "
-              'paper), or its mean over every predicted block (plans better, docs/planning.md)',
-              read_only=False, choices=('final', 'mean')),
-    ParamSpec('goal_metric', 'euclidean', 'goal distance: plain squared distance (the paper), or whitened '
-              'by the step covariance `lewm calibrate` stores in the checkpoint (plans better, '
-              'docs/planning.md)', read_only=False, choices=('euclidean', 'whitened')),
-    ParamSpec('horizon', 5, 'planning horizon in action blocks (one block = frameskip ticks)',
-              low=1, high=100),
-    ParamSpec('replan_every', 1, 'blocks executed before re-planning (receding horizon)', read_only=False,
-              low=1, high=100),
+    # Planner settings: unset (''/0/-1, the defaults) = the checkpoint's stored settings (`lewm tune`),
+    # else our recommended ones (lewm_ros/planning/settings.py); the start-up log says which is which.
+    ParamSpec('planner_preset', '', "named planner settings instead of the checkpoint's: paper = the "
+              "reference CEM (300 x 30, final goal cost, euclidean, whole plan executed); recommended = "
+              "our defaults; '' = the checkpoint's. Single parameters below override it",
+              choices=('', *PRESETS)),
+    ParamSpec('solver', '', "sampling-based planner in latent space; '' = the checkpoint's",
+              choices=('', *SOLVERS)),
+    ParamSpec('samples', 0, "candidate action sequences per iteration; 0 = the checkpoint's",
+              read_only=False, low=0, high=100000),
+    ParamSpec('iterations', 0, "solver iterations per plan; 0 = the checkpoint's", read_only=False,
+              low=0, high=1000),
+    ParamSpec('elites', 0, "elite candidates refitted per iteration (<= samples); 0 = the checkpoint's",
+              read_only=False, low=0, high=100000),
+    ParamSpec('icem_white_fraction', -1.0, 'icem only: share of samples drawn with white instead of '
+              "coloured noise (0 = the paper's iCEM); < 0 = the checkpoint's", read_only=False,
+              low=-1.0, high=1.0),
+    ParamSpec('goal_cost', '', "distance to the goal embedding of the plan's final prediction (the paper), "
+              "or its mean over every predicted block; '' = the checkpoint's", read_only=False,
+              choices=('', 'final', 'mean')),
+    ParamSpec('goal_metric', '', 'goal distance: plain squared distance (the paper), or whitened by the '
+              "step covariance `lewm calibrate` stores in the checkpoint; '' = the checkpoint's",
+              read_only=False, choices=('', 'euclidean', 'whitened')),
+    ParamSpec('horizon', 0, "planning horizon in action blocks (one block = frameskip ticks); 0 = the "
+              "checkpoint's", low=0, high=100),
+    ParamSpec('replan_every', 0, "blocks executed before re-planning (receding horizon); 0 = the "
+              "checkpoint's", read_only=False, low=0, high=100),
     ParamSpec('action_low', [], "lower action bounds in env units, one per action dim; [] = the "
               "checkpoint's bounds (tighter bounds only: planning never leaves the trained range). Updated "
               'at run time only if the pair stays non-empty', read_only=False, array_of=float),
