@@ -106,5 +106,5 @@ def test_the_scan_finds_the_imports_it_should() -> None:
     """The scan itself: a package every tree imports, and a submodule import, are seen."""
     imports = _imports()
     assert any(m == 'rclpy' or m.startswith('rclpy.') for m in imports)
-    assert 'torch.utils.tensorboard' in imports  # training/trainer.py, imported inside a method
+    assert 'torch.utils.tensorboard' in imports  # training/fit/trainer.py, imported inside a method
     assert any(p.startswith('launch/') for places in imports.values() for p in places)

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         whitening_matrix,
     )
     from lewm_ros.surprise import calibrate, encode_frames, surprise_scores
-    from training.episodes import EpisodeFile
+    from training.data.episodes import EpisodeFile
 
     if not 0.0 < args.quantile < 1.0:
         raise SystemExit(f'--quantile must be in (0, 1), got {args.quantile}')

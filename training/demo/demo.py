@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the checkpoint (training it if asked), then run the sim-in-the-loop episodes."""
-    from training.demo_loop import run_demo
+    from training.demo.loop import run_demo
 
     checkpoint = args.checkpoint or _demo_checkpoint(args.retrain)
     return run_demo(args, checkpoint)
