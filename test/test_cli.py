@@ -17,7 +17,7 @@ from ros_test_utils import reap
 
 from lewm_ros.checkpoint import load_checkpoint
 from training.cli import main as lewm
-from training.squares import write_squares_file
+from training.data.squares import write_squares_file
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ pytest.importorskip('h5py', reason='collection needs h5py')
 
 from lewm_ros.sim import make_env  # noqa: E402
 from training.cli import main as lewm  # noqa: E402
-from training.episodes import EpisodeFile, partial_path  # noqa: E402
+from training.data.episodes import EpisodeFile, partial_path  # noqa: E402
 
 SMALL = ['--env', 'lewm/TwoRoom-v0', '--img-size', '32', '--steps', '20', '--noise', '0.1']
 
@@ -76,7 +76,7 @@ def test_collect_mixed_records_its_expert_share_and_is_all_expert_at_share_one(t
 
 
 def test_training_dataset_reads_a_collected_file(tmp_path):
-    from training.dataset import load_clip_data
+    from training.data.dataset import load_clip_data
 
     out = tmp_path / 'clips.h5'
     collect(out, episodes=2)

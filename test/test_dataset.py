@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.dataset import load_clip_data
-from training.episodes import EpisodeFile, EpisodeFormatError, EpisodeWriter
-from training.squares import write_squares_file
+from training.data.dataset import load_clip_data
+from training.data.episodes import EpisodeFile, EpisodeFormatError, EpisodeWriter
+from training.data.squares import write_squares_file
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from training.sigreg import SIGReg
+from training.fit.sigreg import SIGReg
 
 WORLD, PER_RANK, DIM = 2, 24, 8
 

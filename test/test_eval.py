@@ -22,9 +22,9 @@ from lewm_ros.model import LeWM, ModelConfig  # noqa: E402
 from lewm_ros.planning import LatentPlanner, PlannerConfig  # noqa: E402
 from lewm_ros.sim.two_room import SUCCESS_RADIUS  # noqa: E402
 from training.cli import build_parser, main  # noqa: E402
-from training.eval_surprise import auroc  # noqa: E402
-from training.evaluate import planner_settings_from_args, wilson_interval  # noqa: E402
-from training.probe import probe_targets, ridge_r2  # noqa: E402
+from training.evaluation.eval_surprise import auroc  # noqa: E402
+from training.evaluation.evaluate import planner_settings_from_args, wilson_interval  # noqa: E402
+from training.evaluation.probe import probe_targets, ridge_r2  # noqa: E402
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 EPISODES, STEPS, FRAMESKIP = 6, 60, 5  # TwoRoom records with frameskip 5

@@ -26,8 +26,8 @@ from lewm_ros.image_conversion import (  # noqa: E402
     rgb_to_compressed_fields,
 )
 from training.cli import main  # noqa: E402
-from training.dataset import load_clip_data  # noqa: E402
-from training.episodes import EpisodeFile, partial_path  # noqa: E402
+from training.data.dataset import load_clip_data  # noqa: E402
+from training.data.episodes import EpisodeFile, partial_path  # noqa: E402
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 T = TS.types

@@ -106,5 +106,12 @@ def test_the_scan_finds_the_imports_it_should() -> None:
     """The scan itself: a package every tree imports, and a submodule import, are seen."""
     imports = _imports()
     assert any(m == 'rclpy' or m.startswith('rclpy.') for m in imports)
-    assert 'torch.utils.tensorboard' in imports  # training/trainer.py, imported inside a method
+    assert 'torch.utils.tensorboard' in imports  # training/fit/trainer.py, imported inside a method
     assert any(p.startswith('launch/') for places in imports.values() for p in places)
+
+
+def test_the_runtime_never_imports_the_offline_tools() -> None:
+    # A robot installs lewm_ros for the nodes; training/ (h5py, tqdm, the trainer) may be absent.
+    offenders = [where for module, places in _imports().items() if module.split('.')[0] == 'training'
+                 for where in places if where.startswith('lewm_ros/')]
+    assert not offenders, offenders

@@ -95,7 +95,7 @@ def test_lewm_tune_store_writes_settings_that_info_and_eval_flags_read(checkpoin
     assert 'planner      cem 48 x 30' in out and 'samples: checkpoint' in out
     # a user's flag wins over the stored value; the rest stays the checkpoint's
     from training.cli import build_parser
-    from training.evaluate import planner_settings_from_args
+    from training.evaluation.evaluate import planner_settings_from_args
 
     argv = ['eval', '--checkpoint', str(checkpoint), '--samples', '20']
     resolved = planner_settings_from_args(build_parser(argv).parse_args(argv), meta, 'cpu')

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.sigreg import SIGReg, effective_rank, epps_pulley, random_directions
+from training.fit.sigreg import SIGReg, effective_rank, epps_pulley, random_directions
 
 N, M = 512, 256
 

@@ -11,9 +11,9 @@ import torch
 
 from lewm_ros.checkpoint import load_checkpoint
 from training.cli import main as lewm
-from training.squares import write_squares_file
-from training.train_config import load_train_config
-from training.trainer import Trainer, lr_factor
+from training.data.squares import write_squares_file
+from training.fit.train_config import load_train_config
+from training.fit.trainer import Trainer, lr_factor
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,7 +176,7 @@ def test_bench_train_prints_json_without_training_extras():
 
 def test_batchnorm_recalibration_matches_the_batches_and_touches_no_rng():
     from lewm_ros.model import LeWM, ModelConfig, normalize_pixels
-    from training.batchnorm import recalibrate_batchnorm
+    from training.fit.batchnorm import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = LeWM(ModelConfig.from_preset('micro', action_dim=2, frameskip=2, predictor_dropout=0.1)).train()

@@ -19,18 +19,19 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 # name -> (module, one-line help). Order is the order shown in `lewm --help`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    'collect': ('training.collect', 'collect pixel+action episodes from a MuJoCo task into HDF5'),
-    'import-bag': ('training.import_bag', 'import rosbag recordings of a robot into an HDF5 episode file'),
-    'view': ('training.view', 'render a task episode to a GIF/PNG contact sheet to look at'),
-    'train': ('training.train', 'train a LeWM world model from an HDF5 episode file'),
+    'collect': ('training.data.collect', 'collect pixel+action episodes from a MuJoCo task into HDF5'),
+    'import-bag': ('training.data.import_bag',
+                   'import rosbag recordings of a robot into an HDF5 episode file'),
+    'view': ('training.data.view', 'render a task episode to a GIF/PNG contact sheet to look at'),
+    'train': ('training.fit.train', 'train a LeWM world model from an HDF5 episode file'),
     'info': ('training.info', 'print what a checkpoint holds'),
-    'probe': ('training.probe', 'which state variables the embeddings encode (linear probe R²)'),
-    'calibrate': ('training.calibrate', 'calibrate the surprise threshold on normal episodes'),
-    'tune': ('training.tune', 'find the planner settings that plan best for a checkpoint and store them'),
-    'eval': ('training.evaluate', 'closed-loop planning success on a MuJoCo task'),
-    'eval-surprise': ('training.eval_surprise', 'surprise AUROC for teleport / recolour events'),
-    'bench': ('training.bench', 'benchmark training and planning speed (JSON output)'),
-    'demo': ('training.demo', 'sim-in-the-loop demo over real ROS 2 topics'),
+    'probe': ('training.evaluation.probe', 'which state variables the embeddings encode (linear probe R²)'),
+    'calibrate': ('training.evaluation.calibrate', 'calibrate the surprise threshold on normal episodes'),
+    'tune': ('training.evaluation.tune', 'find the planner settings that plan best for a checkpoint and store them'),
+    'eval': ('training.evaluation.evaluate', 'closed-loop planning success on a MuJoCo task'),
+    'eval-surprise': ('training.evaluation.eval_surprise', 'surprise AUROC for teleport / recolour events'),
+    'bench': ('training.bench.cli', 'benchmark training and planning speed (JSON output)'),
+    'demo': ('training.demo.demo', 'sim-in-the-loop demo over real ROS 2 topics'),
 }
 
 
@@ -66,8 +67,8 @@ EXIT_INTERRUPTED = 130
 # file or YAML file), not a bug: they are shown as one line.
 _INPUT_ERRORS = (
     ('lewm_ros.checkpoint', 'CheckpointError'),
-    ('training.episodes', 'EpisodeFormatError'),
-    ('training.bag_reading', 'BagError'),
+    ('training.data.episodes', 'EpisodeFormatError'),
+    ('lewm_ros.bag_reading', 'BagError'),
     ('lewm_ros.planning.settings', 'PlannerSettingsError'),
     ('yaml', 'YAMLError'),
 )

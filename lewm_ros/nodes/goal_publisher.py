@@ -65,7 +65,7 @@ def rgb_from_bag(bag_path: str | Path, topic: str | None, index: int) -> np.ndar
 
     from PIL import Image as PILImage
 
-    from training.bag_reading import IMAGE_TYPES, Bag, BagError
+    from lewm_ros.bag_reading import IMAGE_TYPES, Bag, BagError
 
     if not topic:
         raise GoalSourceError('--bag needs --topic (the camera topic)')

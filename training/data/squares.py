@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.episodes import EpisodeWriter
+from training.data.episodes import EpisodeWriter
 
 SPEED = 0.06  # fraction of the image per step at |action| = 1
 

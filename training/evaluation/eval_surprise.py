@@ -107,7 +107,7 @@ def drive_like_calibration(args: argparse.Namespace, calibration: Any) -> None:
     attrs: dict[str, Any] = {}
     data = None if calibration is None else calibration.data
     if (args.policy is None or args.noise is None) and data and Path(data).is_file():
-        from training.episodes import EpisodeFile
+        from training.data.episodes import EpisodeFile
 
         with EpisodeFile(data) as f:
             attrs = f.attrs

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from training.bag_reading import (
+from lewm_ros.bag_reading import (
     ACTION_TYPES,
     BOUNDARY_TYPES,
     IMAGE_TYPES,
@@ -385,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace, check: Any) -> int:
     from tqdm import tqdm
 
-    from training.episodes import EpisodeWriter, partial_path
+    from training.data.episodes import EpisodeWriter, partial_path
 
     _check_options(args)
     out = Path(args.out)

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lewm_ros.checkpoint import load_checkpoint
     from lewm_ros.device import resolve_device
-    from training.episodes import EpisodeFile
+    from training.data.episodes import EpisodeFile
 
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)

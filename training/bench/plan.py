@@ -67,7 +67,7 @@ def real_scenes(path: str, count: int, history: int, frameskip: int, goal_ahead:
     """``count`` (frames, blocks, goal image) from an episode file: a goal ``goal_ahead`` steps on."""
     import numpy as np
 
-    from training.episodes import EpisodeFile
+    from training.data.episodes import EpisodeFile
 
     rng = np.random.default_rng(seed)
     scenes = []

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.precision import autocast
-from training.sigreg import SIGReg
+from training.fit.precision import autocast
+from training.fit.sigreg import SIGReg
 
 
 @dataclass

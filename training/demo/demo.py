@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the checkpoint (training it if asked), then run the sim-in-the-loop episodes."""
-    from training.demo_loop import run_demo
+    from training.demo.loop import run_demo
 
     if args.checkpoint is None:
         if args.env not in MODELS:

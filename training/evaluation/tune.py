@@ -91,7 +91,7 @@ def tune(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     from lewm_ros.device import resolve_device
     from lewm_ros.planning import LatentPlanner, settings
     from lewm_ros.planning.goal_metric import goal_metric_from_meta
-    from training.evaluate import run_episodes
+    from training.evaluation.evaluate import run_episodes
 
     env_id = meta.get('env_id')
     if not str(env_id).startswith('lewm/'):

@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from lewm_ros.checkpoint import CheckpointError, read_metadata
-    from training.train_config import apply_overrides, complete, load_train_config
-    from training.trainer import Trainer, TrainingInterrupted
+    from training.fit.train_config import apply_overrides, complete, load_train_config
+    from training.fit.trainer import Trainer, TrainingInterrupted
 
     overrides = list(args.overrides)
     for flag, key in ((args.data, 'data.path'), (args.out, 'train.out_dir'), (args.device, 'train.device')):

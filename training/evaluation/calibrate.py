@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         whitening_matrix,
     )
     from lewm_ros.surprise import calibrate, encode_frames, surprise_scores
-    from training.episodes import EpisodeFile
+    from training.data.episodes import EpisodeFile
 
     if not 0.0 < args.quantile < 1.0:
         raise SystemExit(f'--quantile must be in (0, 1), got {args.quantile}')
@@ -159,7 +159,7 @@ def closed_loop_calibration(args: argparse.Namespace, model, meta: dict, phases:
     from lewm_ros.planning import LatentPlanner, settings
     from lewm_ros.planning.goal_metric import goal_metric_from_meta
     from lewm_ros.surprise import calibrate, encode_frames, surprise_scores
-    from training.evaluate import run_episodes
+    from training.evaluation.evaluate import run_episodes
 
     env_id = meta.get('env_id')
     if not str(env_id).startswith('lewm/'):  # a robot's checkpoint: no simulator to drive

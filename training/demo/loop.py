@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import wilson_interval
+from training.evaluation.evaluate import wilson_interval
 from training.reports import save_figure, write_json
 
 STEP_BUDGET = 50  # the paper's protocol

@@ -12,9 +12,9 @@ import importlib
 
 # sub-command -> (module with add_arguments/run, help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    'train': ('training.bench_train', 'training-step throughput (clips/s) on synthetic batches'),
-    'plan': ('training.bench_plan', 'planning time per plan (ms) of the latent planner'),
-    'node': ('training.bench_node', 'planner node against a camera stream: tick rate, latency, CPU'),
+    'train': ('training.bench.train', 'training-step throughput (clips/s) on synthetic batches'),
+    'plan': ('training.bench.plan', 'planning time per plan (ms) of the latent planner'),
+    'node': ('training.bench.node', 'planner node against a camera stream: tick rate, latency, CPU'),
 }
 
 

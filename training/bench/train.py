@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     from lewm_ros.device import resolve_device, usable_cores
     from lewm_ros.model import LeWM, ModelConfig, load_preset
-    from training.objective import make_optimizer, training_step
-    from training.precision import resolve_precision
-    from training.sigreg import SIGReg
+    from training.fit.objective import make_optimizer, training_step
+    from training.fit.precision import resolve_precision
+    from training.fit.sigreg import SIGReg
 
     torch.set_num_threads(args.threads or usable_cores())
     device = resolve_device(args.device)

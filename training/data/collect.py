@@ -130,7 +130,7 @@ def _pool_results(
 
 # -- the command -------------------------------------------------------------------------------------
 def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    from training.episodes import partial_path
+    from training.data.episodes import partial_path
 
     if out.exists() and not overwrite:
         raise SystemExit(f'{out} already exists; pass --overwrite to replace it or choose another --out')
@@ -173,7 +173,7 @@ def _collect(args: argparse.Namespace, stop: Any) -> int:
 
     from lewm_ros.sim import ENV_IDS, make_env
     from lewm_ros.sim.experts import MixedPolicy
-    from training.episodes import EpisodeWriter, partial_path
+    from training.data.episodes import EpisodeWriter, partial_path
     from training.interrupts import exit_code
 
     if args.expert_fraction is None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from training.episodes import EpisodeFile, EpisodeFormatError
+from training.data.episodes import EpisodeFile, EpisodeFormatError
 
 
 @dataclass

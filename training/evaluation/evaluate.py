@@ -135,7 +135,7 @@ class StartSource:
         self.env, self.seed, self.goal_ahead = env, seed, goal_ahead
         self.states: list[Any] = []
         if data:
-            from training.episodes import EpisodeFile
+            from training.data.episodes import EpisodeFile
 
             with EpisodeFile(data) as f:
                 if not f.has('state'):

@@ -21,14 +21,14 @@ from torch import nn
 from lewm_ros.checkpoint import CheckpointError, build_metadata, read_metadata, save_checkpoint
 from lewm_ros.device import resolve_device, usable_cores
 from lewm_ros.model import LeWM, ModelConfig
-from training.batchnorm import recalibrate_batchnorm
-from training.dataset import ClipData, load_clip_data
+from training.data.dataset import ClipData, load_clip_data
+from training.fit.batchnorm import recalibrate_batchnorm
+from training.fit.objective import clip_loss, make_optimizer, training_step
+from training.fit.precision import autocast, resolve_precision
+from training.fit.sigreg import SIGReg, effective_rank
+from training.fit.train_state import load_train_state, save_train_state
 from training.interrupts import GracefulStop, Interrupted
-from training.objective import clip_loss, make_optimizer, training_step
-from training.precision import autocast, resolve_precision
 from training.reports import save_figure
-from training.sigreg import SIGReg, effective_rank
-from training.train_state import load_train_state, save_train_state
 
 VAL_SIGREG_SEED = 12345  # fixed directions, so validation SIGReg is comparable across epochs
 
@@ -141,7 +141,7 @@ class Trainer:
     ``out_dir/last`` with its resume state and :class:`TrainingInterrupted` is raised. (Under
     ``torchrun`` the signals keep their usual effect: the ranks could not agree on a step.)
 
-    ``config`` is a complete training config (:func:`training.train_config.complete`);
+    ``config`` is a complete training config (:func:`training.fit.train_config.complete`);
     ``resume`` a checkpoint directory written by an earlier run of the same config.
     """
 

@@ -1,4 +1,4 @@
-"""Read rosbag recordings for ``lewm import-bag``: topics, message time stamps, action vectors.
+"""Read rosbag recordings (for `lewm import-bag` and `goal_publisher --bag`): topics, stamps, actions.
 
 Built on ``rosbags`` (pure Python): ``AnyReader`` opens rosbag2 directories (MCAP or sqlite3),
 single ``.mcap`` / ``.db3`` files and ROS 1 ``.bag`` files, with the message definitions stored
