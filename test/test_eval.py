@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,20 +49,22 @@ def test_calibrate_stores_the_threshold_in_the_checkpoint(workdir: Path, capsys)
     assert read_metadata(ckpt)['surprise'] is None and read_metadata(ckpt)['goal_metric'] is None
     data = str(workdir / 'tworoom.h5')
     assert main(['calibrate', '--checkpoint', str(ckpt), '--data', data, '--device', 'cpu', '--dry-run',
-                 '--json']) == 0  # fmt: skip
+                 '--json', '--closed-loop', '0']) == 0  # fmt: skip
     dry = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert dry['written'] is False and read_metadata(ckpt)['surprise'] is None
     assert read_metadata(ckpt)['goal_metric'] is None
     assert main(['calibrate', '--checkpoint', str(ckpt), '--data', data, '--device', 'cpu',
-                 '--quantile', '0.99']) == 0  # fmt: skip
+                 '--quantile', '0.99', '--closed-loop', '0']) == 0  # fmt: skip
     stored = read_metadata(ckpt)['surprise']
+    assert set(stored['parts']) == {'recorded'} and stored['parts']['recorded']['n'] == stored['n']
     # every phase of every episode: frames phase, phase + 5, ... <= 60, each but the first scored
     frames = STEPS + 1
     expected_n = EPISODES * sum(len(range(p, frames, FRAMESKIP)) - 1 for p in range(FRAMESKIP))
     assert stored['n'] == expected_n
     assert stored['quantile'] == 0.99 and stored['history'] == 3
     assert stored['mean'] <= stored['threshold'] and stored['std'] > 0
-    assert stored == {k: dry[k] for k in stored} | {'quantile': 0.99, 'threshold': stored['threshold']}
+    same = {k: dry[k] for k in stored if k != 'parts'} | {'quantile': 0.99, 'threshold': stored['threshold']}
+    assert {k: v for k, v in stored.items() if k != 'parts'} == same
     # the goal metric: one-step changes of the same sequences, a symmetric D x D whitening matrix
     meta = read_metadata(ckpt)
     metric = meta['goal_metric']
@@ -97,6 +100,20 @@ def test_eval_runs_closed_loop_and_reports_success_and_timing(workdir: Path) -> 
     assert result['plan_ms_median'] > 0 and result['plan_ms_p90'] >= result['plan_ms_median']
     assert result['planner']['samples'] == 16 and result['planner']['receding_horizon'] == 1
     assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_calibrate_holds_the_threshold_on_planner_driven_frames_too(workdir: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / 'ckpt'
+    shutil.copytree(workdir / 'run' / 'final', ckpt)
+    assert main(['tune', '--checkpoint', str(ckpt), '--store', 'samples=16', 'iterations=2', 'elites=4',
+                 'horizon=2', 'receding_horizon=1']) == 0  # fmt: skip
+    assert main(['calibrate', '--checkpoint', str(ckpt), '--data', str(workdir / 'tworoom.h5'), '--device',
+                 'cpu', '--closed-loop', '3']) == 0  # fmt: skip
+    stored = read_metadata(ckpt)['surprise']
+    parts = stored['parts']
+    assert set(parts) == {'recorded', 'closed_loop'} and parts['closed_loop']['n'] > 0
+    # the higher of the two quantiles: it holds on both kinds of normal frames
+    assert stored['threshold'] == max(part['threshold'] for part in parts.values())
 
 
 def test_eval_surprise_reports_auroc_false_flags_and_traces(workdir: Path) -> None:

@@ -78,7 +78,8 @@ def test_the_paper_preset_replaces_the_stored_settings(rclpy_context, spinner, c
     assert config.iterations == 2 and node.mpc.replan_every == 5
 
 
-def test_a_run_time_update_wins_and_zero_gives_the_checkpoints_back(rclpy_context, spinner, checkpoint) -> None:
+def test_a_run_time_update_wins_and_zero_gives_the_checkpoints_back(rclpy_context, spinner,
+                                                                     checkpoint) -> None:
     node = _node(rclpy_context, spinner, checkpoint)
     assert node.set_parameters([Parameter('samples', value=12)])[0].successful
     assert wait_for(lambda: node.mpc.planner.config.samples == 12, 10.0)  # the loop's next tick rebuilds

@@ -42,7 +42,8 @@ def test_without_stored_settings_the_recommended_ones_apply() -> None:
     assert set(resolved.sources.values()) == {'default'}
     # an uncalibrated checkpoint cannot measure whitened distances: euclidean, and the log says why
     plain = resolve({})
-    assert plain.config.goal_metric == 'euclidean' and 'no goal-metric calibration' in plain.sources['goal_metric']
+    assert plain.config.goal_metric == 'euclidean'
+    assert 'no goal-metric calibration' in plain.sources['goal_metric']
 
 
 def test_explicit_values_win_over_the_checkpoint_and_the_preset_over_both() -> None:

@@ -27,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'info': ('training.info', 'print what a checkpoint holds'),
     'probe': ('training.evaluation.probe', 'which state variables the embeddings encode (linear probe R²)'),
     'calibrate': ('training.evaluation.calibrate', 'calibrate the surprise threshold on normal episodes'),
-    'tune': ('training.evaluation.tune', 'find the planner settings that plan best for a checkpoint and store them'),
+    'tune': ('training.evaluation.tune', 'search planner settings; store the best in the checkpoint'),
     'eval': ('training.evaluation.evaluate', 'closed-loop planning success on a MuJoCo task'),
     'eval-surprise': ('training.evaluation.eval_surprise', 'surprise AUROC for teleport / recolour events'),
     'bench': ('training.bench.cli', 'benchmark training and planning speed (JSON output)'),

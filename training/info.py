@@ -95,7 +95,8 @@ def _planner_lines(meta: dict) -> list[str]:
     origin = (f'stored by {block.get("source", "?")}' if block else
               'none stored (run `lewm tune`): our recommended settings')
     lines = [f'planner      {config.solver} {config.samples} x {config.iterations} (elites {config.elites}), '
-             f'horizon {config.horizon}, replan every {config.receding_horizon}, goal cost {config.goal_cost}, '
+             f'horizon {config.horizon}, replan every {config.receding_horizon}, '
+             f'goal cost {config.goal_cost}, '
              f'metric {config.goal_metric}, white fraction {config.icem_white_fraction:g}; {origin}',
              '  sources    ' + ', '.join(f'{k}: {v}' for k, v in resolved.sources.items())]
     measured = block.get('measured')

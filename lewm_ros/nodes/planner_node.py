@@ -89,11 +89,16 @@ FRAME_DRIVEN_PLAN_TIME = 2.0  # auto plan budget when the world waits for each a
 
 
 def resolve_planner_settings(meta: dict[str, Any], p: dict[str, Any]) -> ResolvedSettings:
-    """The planner settings for parameters ``p``: set parameters win over the preset, then the checkpoint's."""
+    """The planner settings for parameters ``p``: set ones win over the preset, then the checkpoint's."""
     explicit = {field: p[name] for name, (field, unset) in PLANNER_SETTING_PARAMS.items()
                 if p[name] != unset and not (isinstance(unset, float) and p[name] < 0)}
     base = PlannerConfig(threads=p['threads'], seed=p['seed'])
     return resolve(meta, p['planner_preset'] or None, explicit, explicit_source='parameter', base=base)
+
+
+def _nanoseconds(stamp: Any) -> int:
+    """A ``builtin_interfaces/Time`` as integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def _as_lists(changes: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +154,8 @@ class PlannerNode(Node):
         self._latest_msg: tuple[Any, float] | None = None  # (message, monotonic arrival)
         self._new_frame = threading.Event()
         self._pending_goal: np.ndarray | str | None = None  # image, or 'clear'
+        self._pending_goal_stamp: Any = None
+        self._waiting_since: float | None = None  # a goal set, no frame of its episode seen yet
         self._pending_reset = False  # ~/reset: the world was reset, restart the frame history
         self._went_stale = False  # the camera was stale since the last frame: restart the history too
         self._planner_stale = False  # parameters changed: the loop rebuilds the planner
@@ -169,6 +176,7 @@ class PlannerNode(Node):
         self.history_restarts = 0  # by ~/reset or a gap in the camera stream (not by goal changes)
         self.safe_actions: dict[str, int] = {}  # safe actions sent, by reason
         self.frames_received = self.frames_used = 0
+        self.frames_repeated = 0  # frames with the stamp of the last one (re-published), not used
         self.dropped = {'camera': 0, 'goal': 0}
         self.last_drop_reason = ''
         self._last_planner_error = -1e9
@@ -188,11 +196,13 @@ class PlannerNode(Node):
         self._camera_topic_name = expand_topic_name(self._camera_topic, self.get_name(), self.get_namespace())
         self._camera_sub = None
         self._camera_reliability = 'waiting for a publisher'
+        # The goal subscription first: when a goal and a frame are ready together the executor
+        # serves them in creation order, and a new episode's goal must win over its first frame.
+        self.create_subscription(Image, p['goal_topic'], self._on_goal, _LATCHED, callback_group=self._inputs)
         if p['camera_qos'] == 'auto':
             self._subscribe_camera_like_publishers()  # now if the camera is up, else from the health timer
         else:
             self._subscribe_camera(p['camera_qos'] == 'reliable')
-        self.create_subscription(Image, p['goal_topic'], self._on_goal, _LATCHED, callback_group=self._inputs)
         self.create_service(Trigger, '~/set_goal_from_camera', self._srv_goal_from_camera,
                             callback_group=self._inputs)
         self.create_service(Trigger, '~/clear_goal', self._srv_clear_goal, callback_group=self._inputs)
@@ -230,7 +240,7 @@ class PlannerNode(Node):
 
     def _fitted_planner(self, settings: ResolvedSettings, bounds: ActionBounds, p: dict[str, Any],
                         timed: bool = False) -> tuple[LatentPlanner, str | None]:
-        """The planner for ``settings``, its samples capped to the budget of ``p`` (``timed``: checked by timing)."""
+        """The planner for ``settings``, capped to the plan budget of ``p`` (``timed``: checked by timing)."""
         planner = self._planner(settings.config, bounds)
         if timed:
             config, note = fit_measured(planner, self.plan_cost, self.plan_budget(p))
@@ -425,14 +435,19 @@ class PlannerNode(Node):
     def _on_goal(self, msg: Image) -> None:
         goal = self._convert(msg, 'goal')
         if goal is not None:
-            self._change_goal(goal)
+            self._change_goal(goal, msg.header.stamp)
             self.get_logger().info(f'goal image received ({msg.width}x{msg.height} {msg.encoding})')
 
-    def _change_goal(self, goal: np.ndarray | str) -> None:
-        """Hand a new goal (or 'clear') to the control loop; plans for the old one are void from now."""
+    def _change_goal(self, goal: np.ndarray | str, stamp: Any = None) -> None:
+        """Hand a new goal (or 'clear') to the control loop; plans for the old one are void from now.
+
+        ``stamp``: the goal image's header stamp; a camera frame stamped at or after it already
+        shows the goal's episode (a simulator publishes the goal first, then the episode's frame).
+        """
         with self._send_lock, self._lock:
             self._generation += 1
             self._pending_goal = goal
+            self._pending_goal_stamp = stamp
         self._new_frame.set()  # frame-driven loops wake up for it
 
     def _srv_goal_from_camera(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -441,7 +456,7 @@ class PlannerNode(Node):
         # The loop counts this message's drop when it takes it: count it once.
         frame = None if latest is None else self._convert(latest[0], 'camera', count=False)
         if frame is not None:
-            self._change_goal(frame)
+            self._change_goal(frame, latest[0].header.stamp)
         response.success = frame is not None
         response.message = ('the current view is the goal' if frame is not None else
                             'no camera frame received yet' if latest is None else
@@ -545,6 +560,7 @@ class PlannerNode(Node):
         self._tick_starts.append(start)
         with self._lock:
             latest, goal, generation = self._latest_msg, self._pending_goal, self._generation
+            goal_stamp = self._pending_goal_stamp
             reset, self._pending_goal, self._pending_reset = self._pending_reset, None, False
             if latest is not None and latest[1] == self._taken_arrival:
                 latest = None  # nothing new since the last tick
@@ -553,6 +569,9 @@ class PlannerNode(Node):
         if self._planner_stale:
             self._rebuild_planner()
         frame = None
+        if latest is not None and self._repeats_last_frame(latest[0]):
+            latest = None  # the same instant published again (a lock-step sim waiting): no new view
+            self.frames_repeated += 1
         if latest is not None:
             frame = self._convert(latest[0], 'camera')
             if frame is not None:
@@ -564,6 +583,11 @@ class PlannerNode(Node):
         if reset:
             self.mpc.restart_history()
             self.history_restarts += 1
+        if frame is not None:
+            self._waiting_since = None
+        elif self._frame is not None and self._newest_view_is_current(goal, goal_stamp, start):
+            frame = self._frame  # the newest frame starts the new goal's history
+            self._waiting_since = None
         if self.params['frame_driven'] and frame is None and goal is None:
             # Lock-step: the world moves only when we act, so a tick without a new frame is not a
             # time step (counting it would misalign the history with the simulator's steps); but
@@ -605,6 +629,28 @@ class PlannerNode(Node):
         if sent is not None and frame is not None:
             self.latencies_ms.append((time.monotonic() - self._frame_arrival) * 1e3)
         self.mpc.executed(sent)
+
+    def _newest_view_is_current(self, goal: Any, goal_stamp: Any, now: float) -> bool:
+        """With a new goal and no new frame: may the newest frame start the goal's history?
+
+        Yes if it is stamped at or after the goal (it shows the goal's episode already). Otherwise
+        wait for the next frame; with ``frame_driven`` at most one control period, since a
+        lock-step world waits for our action and the newest frame is where it stands.
+        """
+        if isinstance(goal, np.ndarray):
+            if goal_stamp is not None and _nanoseconds(self._frame_stamp) >= _nanoseconds(goal_stamp):
+                return True
+            self._waiting_since = now
+            return False
+        period = 1.0 / self.params['control_rate_hz']
+        return (self._waiting_since is not None and self.params['frame_driven']
+                and now - self._waiting_since >= period)
+
+    def _repeats_last_frame(self, msg: Any) -> bool:
+        """Whether ``msg`` carries the (non-zero) stamp of the frame used last: a re-published view."""
+        stamp, last = msg.header.stamp, self._frame_stamp
+        return bool(last is not None and (stamp.sec or stamp.nanosec) and stamp.sec == last.sec
+                    and stamp.nanosec == last.nanosec)
 
     def _camera_stale(self, now: float) -> bool:
         return self._frame_arrival is None or now - self._frame_arrival > self.params['stale_timeout']
@@ -672,12 +718,15 @@ class PlannerNode(Node):
             'plan_ms_median': round(pct(self.plan_times_ms, 50), 2),
             'plan_ms_p99': round(pct(self.plan_times_ms, 99), 2),
             'plan_budget_ms': round(self.plan_budget() * 1e3, 1),
-            'planner': (f'{planner.solver} {planner.samples}x{planner.iterations}, horizon {planner.horizon}, '
-                        f'replan every {planner.receding_horizon}, {planner.goal_cost} {planner.goal_metric} cost'),
+            'planner': (f'{planner.solver} {planner.samples}x{planner.iterations}, '
+                        f'horizon {planner.horizon}, replan every {planner.receding_horizon}, '
+                        f'{planner.goal_cost} {planner.goal_metric} cost'),
             'frame_age_ms_median': round(pct(self.frame_ages_ms, 50), 2),
             'frame_to_action_ms_p99': round(pct(self.latencies_ms, 99), 2),
             'frames_received': self.frames_received, 'frames_used': self.frames_used,
-            'frames_superseded': max(0, self.frames_received - self.frames_used - self.dropped['camera']),
+            'frames_repeated': self.frames_repeated,
+            'frames_superseded': max(0, self.frames_received - self.frames_used - self.frames_repeated
+                                     - self.dropped['camera']),
             'dropped_camera': self.dropped['camera'], 'dropped_goal': self.dropped['goal'],
             'last_drop_reason': self.last_drop_reason, 'stale_ticks': self.stale_ticks,
             'history_restarts': self.history_restarts,

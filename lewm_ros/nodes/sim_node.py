@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -114,6 +115,7 @@ class SimNode(Node):
         self._held_action = np.zeros(self.action_dim)
         self.episode = -1
         self.steps = 0
+        self._frame_stamp: Any = None  # stamp of the current observation (kept when re-published)
         self.episode_successes: list[bool] = []
 
         group = MutuallyExclusiveCallbackGroup()
@@ -155,6 +157,9 @@ class SimNode(Node):
         self._episode_ended = False
         self._held_action = np.zeros(self.action_dim)
         self._publish_image(self.goal_pub, self.env.goal_image())
+        # The goal first, acknowledged by every (reliable) subscriber, then the episode's first
+        # frame: a planner that saw the frame first would compare it with the last episode's.
+        self.goal_pub.wait_for_all_acked(Duration(seconds=1.0))
         self._publish_frame()
 
     def _end_episode_if_done(self) -> None:
@@ -197,8 +202,9 @@ class SimNode(Node):
         elif self._actions_this_episode == 0:
             # Lock-step before the first action of the episode: show the unchanged world so a
             # planner that starts later (or waits for a goal) sees the camera. Once actions flow,
-            # every frame answers one action: a re-published frame would look like a step.
-            self._in_mujoco_thread(self._publish_frame)
+            # every frame answers one action. A re-published frame keeps its stamp, so a planner
+            # can tell it from a new observation.
+            self._in_mujoco_thread(lambda: self._publish_frame(fresh=False))
 
     # -- services -----------------------------------------------------------------------
     def _srv_reset(self, request: Any, response: Any) -> Any:
@@ -217,13 +223,16 @@ class SimNode(Node):
         return response
 
     # -- publishing ---------------------------------------------------------------------
-    def _publish_frame(self) -> None:
-        self._publish_image(self.camera_pub, self.env.render())
+    def _publish_frame(self, fresh: bool = True) -> None:
+        """Publish the current view; ``fresh``: a new observation (after a step, reset or perturbation)."""
+        if fresh or self._frame_stamp is None:
+            self._frame_stamp = self.get_clock().now().to_msg()
+        self._publish_image(self.camera_pub, self.env.render(), self._frame_stamp)
         self.success_pub.publish(Bool(data=bool(self.env.is_success())))
 
-    def _publish_image(self, publisher: Any, rgb: np.ndarray) -> None:
+    def _publish_image(self, publisher: Any, rgb: np.ndarray, stamp: Any = None) -> None:
         msg = Image(**rgb_to_image_fields(rgb))
-        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
         msg.header.frame_id = self.params['frame_id']
         publisher.publish(msg)
 

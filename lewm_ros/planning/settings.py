@@ -152,7 +152,7 @@ def resolve(
 
 def settings_block(config: PlannerConfig, source: str, measured: Mapping[str, Any] | None = None,
                    **extra: Any) -> dict[str, Any]:
-    """The ``meta['planner']`` object for ``config``: its stored keys, who chose them, and how well they did."""
+    """The ``meta['planner']`` object for ``config``: its stored keys, who chose them, how well they did."""
     block: dict[str, Any] = {'settings': {k: getattr(config, k) for k in STORED_KEYS}, 'source': source}
     if measured is not None:
         block['measured'] = dict(measured)

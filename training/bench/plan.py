@@ -25,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument('--iters', type=int, default=None, help='solver iterations (default: as --samples)')
     parser.add_argument('--elites', type=int, default=None, help='CEM elites (default: as --samples)')
-    parser.add_argument('--horizon', type=int, default=None, help='plan length in action blocks (default: as --samples)')
-    parser.add_argument('--solver', default=None, choices=('cem', 'icem', 'mppi'), help='default: as --samples')
+    parser.add_argument('--horizon', type=int, default=None,
+                        help='plan length in action blocks (default: as --samples)')
+    parser.add_argument('--solver', default=None, choices=('cem', 'icem', 'mppi'),
+                        help='default: as --samples')
     parser.add_argument('--envs', type=int, default=1, help='environments planned in one batch (default: 1)')
     parser.add_argument(
         '--history-frames', type=int, default=None,
@@ -100,7 +102,8 @@ def compare_bfloat16(args: argparse.Namespace, config) -> int:
     if not (args.checkpoint and args.data):
         raise SystemExit('--compare-bfloat16 needs --checkpoint and --data')
     model, meta = load_checkpoint(args.checkpoint, config.device)
-    bounds = (meta.get('action_low'), meta.get('action_high'), goal_metric_from_meta(meta, model.config.embed_dim))
+    metric = goal_metric_from_meta(meta, model.config.embed_dim)
+    bounds = (meta.get('action_low'), meta.get('action_high'), metric)
     planners = {
         'float32': LatentPlanner(model, config.replace(dtype='float32'), *bounds),
         'float32_seed2': LatentPlanner(model, config.replace(dtype='float32', seed=config.seed + 1), *bounds),
@@ -167,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
     chosen = {'solver': args.solver, 'samples': args.samples, 'iterations': args.iters,
               'elites': args.elites, 'horizon': args.horizon}
     explicit = {k: v for k, v in chosen.items() if v is not None}
-    explicit.update(dtype=args.dtype, rollout=args.rollout, compile=args.compile, cuda_graphs=args.cuda_graphs,
-                    device=str(device), threads=args.threads, seed=args.seed)
+    explicit.update(dtype=args.dtype, rollout=args.rollout, compile=args.compile,
+                    cuda_graphs=args.cuda_graphs, device=str(device), threads=args.threads, seed=args.seed)
     try:  # a checkpoint plans with its own settings; random weights are timed with the paper's CEM
         meta = read_metadata(args.checkpoint) if args.checkpoint else {}
         config = settings.resolve(meta, None if args.checkpoint else 'paper', explicit, 'flag').config

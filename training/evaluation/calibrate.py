@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='block phases per episode (default: all frameskip of them; 1 = frames 0, fs, 2fs, ...)',
     )  # fmt: skip
     parser.add_argument(
-        '--closed-loop', type=int, default=20, metavar='N',
+        '--closed-loop', type=int, default=40, metavar='N',
         help="also score N planner-driven episodes of the checkpoint's task and take the higher threshold "
-        '(default: 20; 0 = recorded episodes only; needs mujoco)',
+        '(default: 40; 0 = recorded episodes only; needs mujoco)',
     )  # fmt: skip
     parser.add_argument('--closed-loop-seed', type=int, default=2000,
                         help='seed of the planner-driven episodes (default: 2000, apart from eval seeds)')
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
                 embeddings.append(z[0].float().cpu())
     if not scores:
         raise SystemExit(f'{args.data} has no episode long enough to score (need 2 frames {fs} steps apart)')
-    recorded = calibrate(np.concatenate(scores), args.quantile, data=str(args.data), history=model.config.history)
+    recorded = calibrate(np.concatenate(scores), args.quantile, data=str(args.data),
+                         history=model.config.history)
     covariance, steps = step_covariance(embeddings)
     metric = goal_metric_to_dict(whitening_matrix(covariance), DEFAULT_RIDGE, steps, str(args.data))
     parts = {'recorded': _part(recorded)}
@@ -142,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         where = 'not written (dry run)' if args.dry_run else f'written to {args.checkpoint}'
         detail = '; '.join(f'{name} {part["threshold"]:.4g} from {part["n"]} frames'
                            for name, part in parts.items())
-        print(f'surprise threshold {calibration.threshold:.5g}, the higher {100 * args.quantile:g} % quantile '
+        print(f'surprise threshold {calibration.threshold:.5g}, the higher {100 * args.quantile:g} % '
+              'quantile '
               f'({detail}); goal metric from {steps} one-step changes; {where}')
     return 0
 
@@ -169,8 +171,9 @@ def closed_loop_calibration(args: argparse.Namespace, model, meta: dict, phases:
     config = settings.resolve(meta, explicit={'device': device, 'seed': args.closed_loop_seed}).config
     planner = LatentPlanner(model, config, meta.get('action_low'), meta.get('action_high'),
                             goal_metric_from_meta(meta, model.config.embed_dim))
+    # the whole budget: the frames of a planner holding at its goal are normal frames too
     results = run_episodes(planner, env_id, args.closed_loop, 10, args.closed_loop_seed, record=True,
-                           desc='calibrate closed loop')
+                           desc='calibrate closed loop', stop_at_success=False)
     scores = []
     with torch.no_grad():
         for frames, actions in results.recordings:

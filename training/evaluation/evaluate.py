@@ -162,11 +162,13 @@ class StartSource:
 
 
 def run_batch(
-    planner: Any, envs: list[Any], starts: list[tuple[Any, Any]], budget: int, record: bool = False
+    planner: Any, envs: list[Any], starts: list[tuple[Any, Any]], budget: int, record: bool = False,
+    stop_at_success: bool = True,
 ) -> tuple[list, list, list, list]:
-    """Run one lockstep batch of episodes; returns (success, plan-call timings, end state per env, recordings).
+    """One lockstep batch of episodes; returns (success, plan-call timings, end state per env, recordings).
 
-    An env stops at its first success, so its end state is where it succeeded. With ``record``,
+    An env stops at its first success, so its end state is where it succeeded (unless
+    ``stop_at_success`` is false: then the planner keeps acting, as a node does). With ``record``,
     recordings holds (frames (T + 1, H, W, 3), actions (T, A)) per env, else it is empty.
     """
     import numpy as np
@@ -192,7 +194,7 @@ def run_batch(
     timings = []
     steps = 0
     while steps < budget:
-        active = [i for i in range(len(envs)) if not success[i]]
+        active = [i for i in range(len(envs)) if not (success[i] and stop_at_success)]
         if not active:
             break
         if any(not queue.get(i) for i in active):
@@ -212,9 +214,10 @@ def run_batch(
                 if record:
                     frames_seen[i].append(obs)
                     actions_done[i].append(np.asarray(action, np.float32))
-                if info['is_success']:  # stop here: the end state recorded is where it succeeded
+                if info['is_success'] and not success[i]:
                     success[i] = True
-                    break
+                    if stop_at_success:  # the end state recorded is where it succeeded
+                        break
         steps += min(fs, budget - steps)
     recordings = [(np.stack(frames_seen[i]), np.stack(actions_done[i]) if actions_done[i] else
                    np.zeros((0, A), np.float32)) for i in range(len(envs))] if record else []
@@ -271,12 +274,13 @@ class EpisodeResults:
 
 def run_episodes(
     planner: Any, env_id: str, episodes: int, n_envs: int, seed: int, budget: int = 50, goal_ahead: int = 25,
-    data: str | None = None, record: bool = False, desc: str | None = None,
+    data: str | None = None, record: bool = False, desc: str | None = None, stop_at_success: bool = True,
 ) -> EpisodeResults:
     """Play ``episodes`` evaluation episodes with ``planner``, ``n_envs`` at a time (the module's protocol).
 
     ``record`` keeps every episode's frames (T + 1, H, W, 3) and executed actions (T, A), e.g. to
-    calibrate the surprise threshold on the frames the planner produces.
+    calibrate the surprise threshold on the frames the planner produces; ``stop_at_success``
+    false plays the whole budget (the planner holding at its goal, as on a robot).
     """
     import numpy as np
     from tqdm import tqdm
@@ -295,12 +299,14 @@ def run_episodes(
             for first in range(0, episodes, n_envs):
                 batch = list(range(first, min(first + n_envs, episodes)))
                 batch_starts = [starts(i) for i in batch]
-                ok, t, ends, recorded = run_batch(planner, envs[: len(batch)], batch_starts, budget, record)
+                ok, t, ends, recorded = run_batch(planner, envs[: len(batch)], batch_starts, budget, record,
+                                                  stop_at_success)
                 results.successes.extend(ok)
                 results.timings.extend(t)
                 results.recordings.extend(recorded)
                 results.episode_states.extend(
-                    {'start': np.asarray(start).tolist(), 'goal': np.asarray(goal).tolist(), 'end': end.tolist()}
+                    {'start': np.asarray(start).tolist(), 'goal': np.asarray(goal).tolist(),
+                     'end': end.tolist()}
                     for (start, goal), end in zip(batch_starts, ends, strict=True)
                 )
                 bar.update(len(batch))

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='store these settings without measuring (e.g. samples=200 goal_cost=mean)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps (default: auto)')
     parser.add_argument('--dry-run', action='store_true', help='print the result, do not write it')
-    parser.add_argument('--json', dest='json_out', default=None, help='write the grid and winner to this file')
+    parser.add_argument('--json', dest='json_out', default=None,
+                        help='write the grid and the winner to this file')
 
 
 def parse_store(items: list[str]) -> dict[str, Any]:
@@ -122,5 +123,6 @@ def tune(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
             best = (row, config, cost)
     row, config, _ = best
     measured = {k: row[k] for k in ('episodes', 'successes', 'success_rate', 'success_ci95')}
-    measured.update(env_id=env_id, seed=args.seed, budget_steps=50, goal_ahead_steps=25, candidate=row['name'])
+    measured.update(env_id=env_id, seed=args.seed, budget_steps=50, goal_ahead_steps=25,
+                    candidate=row['name'])
     return {'config': config, 'measured': measured, 'candidates': candidates}
