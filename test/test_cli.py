@@ -129,3 +129,22 @@ def test_ctrl_c_in_train_saves_a_resumable_last_checkpoint_and_says_how_to_resum
     # the command the message gives continues the run (here only 2 steps further)
     assert lewm(['train', '--resume', hint[3], '--set', f'optim.max_steps={step + 2}', *settings]) == 0
     assert load_checkpoint(out / 'final')[1]['provenance']['steps'] == step + 2
+
+
+@pytest.mark.parametrize('name', ['tworoom', 'reacher'])
+def test_the_retrain_recipe_of_each_embedded_model_parses_and_matches_what_ships(name, tmp_path):
+    """`lewm demo --retrain` runs these commands: each must be a valid `lewm` command line."""
+    from training.cli import build_parser
+    from training.demo.demo import MODELS
+
+    model = MODELS[name]
+    for template in model.commands:
+        argv = [part.format(data=tmp_path, run=tmp_path / 'run', ckpt=tmp_path / 'run' / 'final')
+                for part in template[1:]]
+        args = build_parser(argv).parse_args(argv)  # argparse exits on an unknown flag
+        assert hasattr(args, '_module'), argv
+    shipped = load_checkpoint(Path(__file__).resolve().parent.parent / 'models' / name)[1]
+    assert shipped['env_id'] == model.env_id
+    train = next(t for t in model.commands if t[1] == 'train')
+    steps = next(p for p in train if p.startswith('optim.max_steps='))
+    assert shipped['provenance']['steps'] == int(steps.split('=')[1])

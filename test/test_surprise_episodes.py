@@ -80,11 +80,13 @@ def test_a_goal_change_starts_an_episode_that_is_not_flagged(embedded) -> None:
     assert jumped.flag, f'score {jumped.score} under the threshold {meta["surprise"]["threshold"]}'
 
 
-def test_a_teleport_scores_far_above_a_recolour(embedded) -> None:
+def test_a_teleport_scores_above_a_recolour(embedded) -> None:
     """The paper's ordering: a physical violation surprises the model more than a visual change."""
     model, meta, env = embedded
-    event = 15
-    scores = {kind: _feed(_monitor(model, meta), *_episode(env, 21, (kind, event)))[event].score
-              for kind in ('teleport', 'recolour')}
-    assert scores['teleport'] > meta['surprise']['threshold'], scores
-    assert scores['teleport'] > 2 * scores['recolour'], scores
+    event, seeds = 15, range(21, 29)
+    scores = {kind: np.array([_feed(_monitor(model, meta), *_episode(env, seed, (kind, event)))[event].score
+                              for seed in seeds]) for kind in ('teleport', 'recolour')}
+    assert (scores['teleport'] > meta['surprise']['threshold']).all(), scores
+    # teleport vs recolour AUROC: the share of (teleport, recolour) pairs ordered the paper's way
+    auroc = float(np.mean(scores['teleport'][:, None] > scores['recolour'][None, :]))
+    assert auroc >= 0.8, (auroc, scores)
