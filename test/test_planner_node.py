@@ -268,6 +268,22 @@ def test_a_reset_or_a_stale_camera_starts_a_new_unflagged_history(setup, restart
     assert all(m.status[0].level == m.status[0].OK for m in after[:2])
 
 
+def test_a_lock_step_world_waiting_after_a_reset_or_goal_still_gets_an_action(setup) -> None:
+    """frame_driven: the world answers actions with frames, so after a reset or a new goal with no
+    new frame the node must act on the newest frame, not wait for one that never comes."""
+    node, h = setup(frame_driven=True)
+    h.goal.publish(image(h.rng))
+    h.camera.publish(image(h.rng))
+    assert wait_for(lambda: len(h.actions) >= 1, 20.0), 'no action for the first frame'
+    for trigger in ('reset', 'goal'):
+        sent = len(h.actions)
+        if trigger == 'reset':
+            assert h.call(Trigger, '/lewm_planner/reset').success
+        else:
+            h.goal.publish(image(h.rng))  # stamped 0: older than the newest frame's view
+        assert wait_for(lambda n=sent: len(h.actions) > n, 20.0), f'no action after the {trigger}'
+
+
 def test_surprise_score_topic_follows_the_surprise_topic(setup) -> None:
     node, h = setup(surprise_topic='robot/surprise')
     scores = []

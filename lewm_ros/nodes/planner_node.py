@@ -583,6 +583,8 @@ class PlannerNode(Node):
         if reset:
             self.mpc.restart_history()
             self.history_restarts += 1
+            if frame is None:
+                self._waiting_since = start  # the next frame starts the history (frame_driven: or the newest)
         if frame is not None:
             self._waiting_since = None
         elif self._frame is not None and self._newest_view_is_current(goal, goal_stamp, start):
@@ -631,7 +633,7 @@ class PlannerNode(Node):
         self.mpc.executed(sent)
 
     def _newest_view_is_current(self, goal: Any, goal_stamp: Any, now: float) -> bool:
-        """With a new goal and no new frame: may the newest frame start the goal's history?
+        """Whether, after a new goal (or a reset) and no new frame, the newest frame starts the history.
 
         Yes if it is stamped at or after the goal (it shows the goal's episode already). Otherwise
         wait for the next frame; with ``frame_driven`` at most one control period, since a
@@ -660,7 +662,7 @@ class PlannerNode(Node):
         self._warn_every('stale', 2.0, f"camera stale (no frame for more than {self.params['stale_timeout']} "
                          f"s): sending the safe action ({self.params['safe_action']})")
         self.mpc.restart_plan()
-        self._went_stale = True
+        self._went_stale = self._frame_arrival is not None  # no frame yet: nothing to restart
         sent = self._send(None, 'camera stale')
         self.stale_ticks += 1
         return sent
