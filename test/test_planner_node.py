@@ -269,8 +269,8 @@ def test_a_reset_or_a_stale_camera_starts_a_new_unflagged_history(setup, restart
 
 
 def test_a_lock_step_world_waiting_after_a_reset_or_goal_still_gets_an_action(setup) -> None:
-    """frame_driven: the world answers actions with frames, so after a reset or a new goal with no
-    new frame the node must act on the newest frame, not wait for one that never comes."""
+    # frame_driven: the world answers actions with frames, so after a reset or a new goal with no
+    # new frame the node must act on the newest frame, not wait for one that never comes.
     node, h = setup(frame_driven=True)
     h.goal.publish(image(h.rng))
     h.camera.publish(image(h.rng))

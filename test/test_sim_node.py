@@ -100,6 +100,23 @@ def test_teleport_changes_the_view_and_reset_publishes_a_new_goal(sim) -> None:
     assert wait_for(lambda: len(client.goals) > goals, 5.0), 'no goal image after reset'
 
 
+def test_lock_step_a_perturbation_shows_in_the_frame_of_the_next_action(sim) -> None:
+    """Every frame answers one action: a teleport after actions flowed adds no frame of its own."""
+    node, client = sim
+    client.actions.publish(Float64MultiArray(data=[0.0, 0.0]))
+    assert wait_for(lambda: node.steps >= 1, 5.0)
+    assert wait_for(lambda: len(client.frames) > 0, 5.0)
+    before = len(client.frames)
+    assert not wait_for(lambda: len(client.frames) > before, 0.3)  # nothing else in flight
+    assert client.call('sim/teleport').success
+    assert not wait_for(lambda: len(client.frames) > before, 0.3), 'the teleport published a frame'
+    steps = node.steps
+    client.actions.publish(Float64MultiArray(data=[0.0, 0.0]))
+    assert wait_for(lambda: node.steps == steps + 1 and len(client.frames) == before + 1, 5.0)
+    with client.lock:
+        assert not np.array_equal(client.frames[-1], client.frames[before - 1])  # the teleport shows
+
+
 # -- the sim_node process: signals and start-up errors -------------------------------------------------
 def _sim_process(*ros_args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``sim_node`` in a process of its own, its output (the ROS log lines) in ``log``."""

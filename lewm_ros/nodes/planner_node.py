@@ -31,6 +31,7 @@ import os
 # waiting starve them (ticks were 20-100x slower on a loaded 2-core machine). Must precede torch.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
+import math  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -86,6 +87,10 @@ _BOUNDS_KEYS = ('action_low', 'action_high')
 _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 FRAME_DRIVEN_PLAN_TIME = 2.0  # auto plan budget when the world waits for each action (lock-step)
+# frame_driven: how long a new goal waits for a frame of its episode before the newest frame is
+# taken as its start (a simulator's reset frame follows its goal within milliseconds; a loaded
+# machine can take tens of them, and starting from the last episode's frame misaligns the history)
+NEWEST_FRAME_WAIT = 1.0
 
 
 def resolve_planner_settings(meta: dict[str, Any], p: dict[str, Any]) -> ResolvedSettings:
@@ -158,6 +163,7 @@ class PlannerNode(Node):
         self._waiting_since: float | None = None  # a goal set, no frame of its episode seen yet
         self._pending_reset = False  # ~/reset: the world was reset, restart the frame history
         self._went_stale = False  # the camera was stale since the last frame: restart the history too
+        self._last_send = -math.inf  # monotonic time of the last action published
         self._planner_stale = False  # parameters changed: the loop rebuilds the planner
         # Everything that publishes an action holds _send_lock; _generation counts goal changes,
         # so a plan made for a goal that was cleared or replaced meanwhile is never sent.
@@ -497,6 +503,7 @@ class PlannerNode(Node):
             stamp = self.get_clock().now().to_msg()
             self.action_pub.publish(action_to_message(sent, self.params['action_type'], stamp,
                                                       self.params['frame_id']))
+            self._last_send = time.monotonic()
             self.actions_sent += 1
             if action is None or problem:
                 reason = 'refused plan' if problem else why
@@ -576,8 +583,11 @@ class PlannerNode(Node):
             frame = self._convert(latest[0], 'camera')
             if frame is not None:
                 # After a stale camera what happened meanwhile is unknown (a reset, the robot moved
-                # by hand): the new frame starts a new history.
-                reset, self._went_stale = reset or self._went_stale, False
+                # by hand): the new frame starts a new history. Lock-step: a frame that arrived before
+                # our last action was sent does not answer it (the world stepped without us, e.g. on
+                # an action meant for the previous episode): it is where our action will apply.
+                moved_without_us = self.params['frame_driven'] and latest[1] < self._last_send
+                reset, self._went_stale = reset or self._went_stale or moved_without_us, False
                 self._frame, self._frame_stamp, self._frame_arrival = frame, latest[0].header.stamp, latest[1]
                 self.frames_used += 1
         if reset:
@@ -636,7 +646,7 @@ class PlannerNode(Node):
         """Whether, after a new goal (or a reset) and no new frame, the newest frame starts the history.
 
         Yes if it is stamped at or after the goal (it shows the goal's episode already). Otherwise
-        wait for the next frame; with ``frame_driven`` at most one control period, since a
+        wait for the next frame; with ``frame_driven`` at most ``NEWEST_FRAME_WAIT``, since a
         lock-step world waits for our action and the newest frame is where it stands.
         """
         if isinstance(goal, np.ndarray):
@@ -644,9 +654,8 @@ class PlannerNode(Node):
                 return True
             self._waiting_since = now
             return False
-        period = 1.0 / self.params['control_rate_hz']
         return (self._waiting_since is not None and self.params['frame_driven']
-                and now - self._waiting_since >= period)
+                and now - self._waiting_since >= NEWEST_FRAME_WAIT)
 
     def _repeats_last_frame(self, msg: Any) -> bool:
         """Whether ``msg`` carries the (non-zero) stamp of the frame used last: a re-published view."""

@@ -215,7 +215,11 @@ class SimNode(Node):
     def _srv_perturb(self, kind: str, response: Any) -> Any:
         def perturb() -> None:
             self.env.perturb(kind, self._rng)
-            self._publish_frame()
+            # Lock-step: the next action's frame shows it (every frame answers one action); an
+            # extra frame now would be a step the planner never took. Before the first action of
+            # an episode there is no such frame coming: show it now.
+            if self.params['mode'] == 'realtime' or self._actions_this_episode == 0:
+                self._publish_frame()
 
         self._in_mujoco_thread(perturb)
         self.get_logger().info(f'{kind} applied at step {self.steps} of episode {self.episode}')

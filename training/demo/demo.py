@@ -49,8 +49,8 @@ def _recipe(env_id: str, stem: str, img_size: int, collect: tuple[str, ...], tra
 MODELS: dict[str, EmbeddedModel] = {
     'tworoom': EmbeddedModel('tworoom', 'lewm/TwoRoom-v0', _recipe(
         'lewm/TwoRoom-v0', 'tworoom', 64,
-        ('--episodes', '1600', '--policy', 'mixed', '--noise', '0.5', '--expert-fraction', '0.25',
-         '--workers', '2', '--seed', '700000'),
+        ('--episodes', '1600', '--policy', 'mixed', '--noise', '0.5', '--expert-fraction', '0.5',
+         '--workers', '2', '--seed', '710000'),
         ('--set', 'optim.max_steps=3000'), calib_seed=1000000)),
     'reacher': EmbeddedModel('reacher', 'lewm/Reacher-v0', _recipe(
         'lewm/Reacher-v0', 'reacher', 96,
