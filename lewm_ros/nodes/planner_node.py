@@ -501,9 +501,10 @@ class PlannerNode(Node):
                 self.get_logger().error(f'refused to send the planned action ({problem}): sending the safe '
                                         'action instead')
             stamp = self.get_clock().now().to_msg()
+            # before publishing: the world's answer may arrive before publish() returns
+            self._last_send = time.monotonic()
             self.action_pub.publish(action_to_message(sent, self.params['action_type'], stamp,
                                                       self.params['frame_id']))
-            self._last_send = time.monotonic()
             self.actions_sent += 1
             if action is None or problem:
                 reason = 'refused plan' if problem else why
