@@ -213,17 +213,18 @@ class SimNode(Node):
         return response
 
     def _srv_perturb(self, kind: str, response: Any) -> Any:
-        def perturb() -> None:
+        def perturb() -> int:
             self.env.perturb(kind, self._rng)
             # Lock-step: the next action's frame shows it (every frame answers one action); an
             # extra frame now would be a step the planner never took. Before the first action of
             # an episode there is no such frame coming: show it now.
             if self.params['mode'] == 'realtime' or self._actions_this_episode == 0:
                 self._publish_frame()
+            return self.steps  # the frame of the next step is the first to show it
 
-        self._in_mujoco_thread(perturb)
-        self.get_logger().info(f'{kind} applied at step {self.steps} of episode {self.episode}')
-        response.success, response.message = True, f'{kind} at step {self.steps}'
+        step = self._in_mujoco_thread(perturb)
+        self.get_logger().info(f'{kind} applied at step {step} of episode {self.episode}')
+        response.success, response.message = True, f'{kind} at step {step}'
         return response
 
     # -- publishing ---------------------------------------------------------------------

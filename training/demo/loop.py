@@ -102,7 +102,8 @@ class Observer:
                          for name in ('reset', 'teleport', 'recolour')}
         self._trigger = Trigger.Request
 
-    def _call(self, name: str) -> None:
+    def _call(self, name: str) -> str:
+        """Call ``sim/<name>``; returns the response's message."""
         client = self._clients[name]
         if not client.wait_for_service(timeout_sec=10.0):
             raise RuntimeError(f'sim/{name} service not available')
@@ -112,6 +113,7 @@ class Observer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f'sim/{name} did not answer within 30 s')
             time.sleep(0.005)
+        return future.result().message
 
     def _on_surprise(self, msg: Any) -> None:
         values = {kv.key: kv.value for kv in msg.status[0].values}
@@ -137,8 +139,8 @@ class Observer:
         while self.sim.steps < STEP_BUDGET:
             if pending and self.sim.steps >= pending[0][1]:
                 kind, _ = pending.pop(0)
-                trace.events[kind] = self.sim.steps
-                self._call(kind)
+                # the sim answers '<kind> at step N': the frame of step N + 1 is the first to show it
+                trace.events[kind] = int(self._call(kind).rsplit(' ', 1)[-1])
             if self.sim.steps != last_step:
                 last_step, last_progress = self.sim.steps, time.monotonic()
             elif time.monotonic() - last_progress > STALL_TIMEOUT_S:
