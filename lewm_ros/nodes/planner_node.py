@@ -179,7 +179,7 @@ class PlannerNode(Node):
         self._warned: dict[str, float] = {}
         # Figures for /diagnostics, benchmarks and the demo (plain counters: read without locks).
         self.ticks = self.missed_ticks = self.actions_sent = self.planner_errors = self.stale_ticks = 0
-        self.history_restarts = 0  # by ~/reset or a gap in the camera stream (not by goal changes)
+        self.history_restarts: dict[str, int] = {}  # by reason (~/reset, stale camera, ...; not goals)
         self.safe_actions: dict[str, int] = {}  # safe actions sent, by reason
         self.frames_received = self.frames_used = 0
         self.frames_repeated = 0  # frames with the stamp of the last one (re-published), not used
@@ -576,7 +576,7 @@ class PlannerNode(Node):
                 self._taken_arrival = latest[1]
         if self._planner_stale:
             self._rebuild_planner()
-        frame = None
+        frame, why = None, 'reset'
         if latest is not None and self._repeats_last_frame(latest[0]):
             latest = None  # the same instant published again (a lock-step sim waiting): no new view
             self.frames_repeated += 1
@@ -588,12 +588,14 @@ class PlannerNode(Node):
                 # our last action was sent does not answer it (the world stepped without us, e.g. on
                 # an action meant for the previous episode): it is where our action will apply.
                 moved_without_us = self.params['frame_driven'] and latest[1] < self._last_send
+                why = 'reset' if reset else 'stale camera' if self._went_stale else 'world moved without us'
                 reset, self._went_stale = reset or self._went_stale or moved_without_us, False
                 self._frame, self._frame_stamp, self._frame_arrival = frame, latest[0].header.stamp, latest[1]
                 self.frames_used += 1
         if reset:
             self.mpc.restart_history()
-            self.history_restarts += 1
+            why = why if frame is not None else 'reset'
+            self.history_restarts[why] = self.history_restarts.get(why, 0) + 1
             if frame is None:
                 self._waiting_since = start  # the next frame starts the history (frame_driven: or the newest)
         if frame is not None:
@@ -741,7 +743,7 @@ class PlannerNode(Node):
                                      - self.dropped['camera']),
             'dropped_camera': self.dropped['camera'], 'dropped_goal': self.dropped['goal'],
             'last_drop_reason': self.last_drop_reason, 'stale_ticks': self.stale_ticks,
-            'history_restarts': self.history_restarts,
+            **{f'history_restarts_{k.replace(" ", "_")}': v for k, v in sorted(self.history_restarts.items())},
             'actions_sent': self.actions_sent, 'safe_actions_sent': sum(self.safe_actions.values()),
             **{f'safe_actions_{k.replace(" ", "_")}': v for k, v in sorted(self.safe_actions.items())},
             'planner_errors': self.planner_errors, 'camera_qos': self._camera_reliability,

@@ -74,6 +74,8 @@ def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
                                                                    'recolour': args.recolour_step}))
         threshold = planner.mpc.surprise_threshold
         plan_ms = list(planner.plan_times_ms)
+        print(f'planner: {planner.actions_sent} actions, frames used {planner.frames_used}, repeated '
+              f'{planner.frames_repeated}; history restarts {planner.history_restarts}', flush=True)
         settings = planner.settings
     finally:
         executor.shutdown(timeout_sec=5.0)
