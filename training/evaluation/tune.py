@@ -20,8 +20,8 @@ from typing import Any
 GRID: dict[str, dict[str, Any]] = {
     'paper': {'preset': 'paper'},
     'recommended': {},
-    'recommended, 600 samples': {'samples': 600},
-    'recommended, CEM': {'solver': 'cem', 'icem_white_fraction': 0.0},
+    'recommended-600': {'samples': 600},
+    'recommended-cem': {'solver': 'cem', 'icem_white_fraction': 0.0},
 }
 
 
