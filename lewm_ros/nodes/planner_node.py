@@ -743,7 +743,8 @@ class PlannerNode(Node):
                                      - self.dropped['camera']),
             'dropped_camera': self.dropped['camera'], 'dropped_goal': self.dropped['goal'],
             'last_drop_reason': self.last_drop_reason, 'stale_ticks': self.stale_ticks,
-            **{f'history_restarts_{k.replace(" ", "_")}': v for k, v in sorted(self.history_restarts.items())},
+            **{f'history_restarts_{k.replace(" ", "_")}': v
+               for k, v in sorted(self.history_restarts.items())},
             'actions_sent': self.actions_sent, 'safe_actions_sent': sum(self.safe_actions.values()),
             **{f'safe_actions_{k.replace(" ", "_")}': v for k, v in sorted(self.safe_actions.items())},
             'planner_errors': self.planner_errors, 'camera_qos': self._camera_reliability,
