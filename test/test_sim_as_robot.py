@@ -160,7 +160,7 @@ def test_help_names_every_stage():
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_the_whole_path_reaches_goals(tmp_path):
-    """All stages with real training (about 30 min on 2 cores); the success rate must be above zero."""
+    """All stages with real training (15-30 min on 2 cores); the success rate must be above zero."""
     env = {**os.environ, 'ROS_DOMAIN_ID': str((int(os.environ.get('ROS_DOMAIN_ID', '0')) + 1) % 100)}
     result = subprocess.run([sys.executable, str(SCRIPT), 'all', '--out', str(tmp_path), '--episodes', '300',
                              '--calib-episodes', '30', '--steps', '2000', '--eval-episodes', '30',

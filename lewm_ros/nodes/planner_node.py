@@ -671,8 +671,9 @@ class PlannerNode(Node):
 
     def _send_stale(self) -> np.ndarray | None:
         """The safe action for a stale camera; the plan made before the outage is dropped."""
-        self._warn_every('stale', 2.0, f"camera stale (no frame for more than {self.params['stale_timeout']} "
-                         f"s): sending the safe action ({self.params['safe_action']})")
+        waited = ('no camera frame yet' if self._frame_arrival is None else
+                  f"camera stale (no frame for more than {self.params['stale_timeout']} s)")
+        self._warn_every('stale', 2.0, f"{waited}: sending the safe action ({self.params['safe_action']})")
         self.mpc.restart_plan()
         self._went_stale = self._frame_arrival is not None  # no frame yet: nothing to restart
         sent = self._send(None, 'camera stale')
