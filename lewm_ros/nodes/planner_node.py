@@ -31,7 +31,6 @@ import os
 # waiting starve them (ticks were 20-100x slower on a loaded 2-core machine). Must precede torch.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-import math  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -163,7 +162,6 @@ class PlannerNode(Node):
         self._waiting_since: float | None = None  # a goal set, no frame of its episode seen yet
         self._pending_reset = False  # ~/reset: the world was reset, restart the frame history
         self._went_stale = False  # the camera was stale since the last frame: restart the history too
-        self._last_send = -math.inf  # monotonic time of the last action published
         self._planner_stale = False  # parameters changed: the loop rebuilds the planner
         # Everything that publishes an action holds _send_lock; _generation counts goal changes,
         # so a plan made for a goal that was cleared or replaced meanwhile is never sent.
@@ -501,8 +499,6 @@ class PlannerNode(Node):
                 self.get_logger().error(f'refused to send the planned action ({problem}): sending the safe '
                                         'action instead')
             stamp = self.get_clock().now().to_msg()
-            # before publishing: the world's answer may arrive before publish() returns
-            self._last_send = time.monotonic()
             self.action_pub.publish(action_to_message(sent, self.params['action_type'], stamp,
                                                       self.params['frame_id']))
             self.actions_sent += 1
@@ -584,12 +580,9 @@ class PlannerNode(Node):
             frame = self._convert(latest[0], 'camera')
             if frame is not None:
                 # After a stale camera what happened meanwhile is unknown (a reset, the robot moved
-                # by hand): the new frame starts a new history. Lock-step: a frame that arrived before
-                # our last action was sent does not answer it (the world stepped without us, e.g. on
-                # an action meant for the previous episode): it is where our action will apply.
-                moved_without_us = self.params['frame_driven'] and latest[1] < self._last_send
-                why = 'reset' if reset else 'stale camera' if self._went_stale else 'world moved without us'
-                reset, self._went_stale = reset or self._went_stale or moved_without_us, False
+                # by hand): the new frame starts a new history.
+                why = 'reset' if reset else 'stale camera'
+                reset, self._went_stale = reset or self._went_stale, False
                 self._frame, self._frame_stamp, self._frame_arrival = frame, latest[0].header.stamp, latest[1]
                 self.frames_used += 1
         if reset:
