@@ -198,11 +198,16 @@ def last_json(text: str) -> dict[str, Any]:
     return {}
 
 
-def read_json(path: Path, stage: str) -> dict[str, Any]:
-    """A stage's result file; a clear error naming the stage to run first when it is missing."""
+def require(path: Path, stage: str) -> Path:
+    """``path``, or a clear error naming the stage to run first when it is missing."""
     if not path.exists():
         raise SystemExit(f'{path} does not exist: run the `{stage}` stage first')
-    return json.loads(path.read_text())
+    return path
+
+
+def read_json(path: Path, stage: str) -> dict[str, Any]:
+    """A stage's result file (see ``require``)."""
+    return json.loads(require(path, stage).read_text())
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -786,8 +791,7 @@ def stage_import(args: argparse.Namespace) -> dict[str, Any]:
 def stage_train(args: argparse.Namespace) -> dict[str, Any]:
     """``lewm train`` on the imported drive data."""
     p = paths(args.out, args.storage)
-    if not p['drive_h5'].exists():
-        raise SystemExit(f'{p["drive_h5"]} does not exist: run the `import` stage first')
+    require(p['drive_h5'], 'import')
     extra = [a for kv in args.set for a in ('--set', kv)]
     _, seconds = run_lewm(['train', '--config', args.config, '--data', p['drive_h5'], '--out', p['run'],
                            '--set', f'optim.max_steps={args.steps}', '--device', args.device, *extra])
@@ -801,8 +805,7 @@ def stage_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     """``lewm calibrate`` on the held-out calibration data (the drive data without one)."""
     p = paths(args.out, args.storage)
     data = p['calib_h5'] if p['calib_h5'].exists() else p['drive_h5']
-    if not p['checkpoint'].exists():
-        raise SystemExit(f'{p["checkpoint"]} does not exist: run the `train` stage first')
+    require(p['checkpoint'], 'train')
     stdout, seconds = run_lewm(['calibrate', '--checkpoint', p['checkpoint'], '--data', data,
                                 '--closed-loop', args.calib_closed_loop, '--device', args.device, '--json'])
     result = {'data': str(data), 'closed_loop': args.calib_closed_loop, 'wall_seconds': round(seconds, 1),
@@ -814,8 +817,7 @@ def stage_calibrate(args: argparse.Namespace) -> dict[str, Any]:
 def stage_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """``lewm eval`` in MuJoCo, then the planner node over ROS."""
     p = paths(args.out, args.storage)
-    if not p['checkpoint'].exists():
-        raise SystemExit(f'{p["checkpoint"]} does not exist: run the `train` stage first')
+    require(p['checkpoint'], 'train')
     result: dict[str, Any] = {}
     if args.eval_episodes > 0:
         _, seconds = run_lewm(['eval', '--checkpoint', p['checkpoint'], '--env', args.env, '--episodes',
