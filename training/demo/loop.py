@@ -82,7 +82,7 @@ def run_demo(args: argparse.Namespace, checkpoint: Path) -> int:
         for node in nodes:
             node.destroy_node()
         rclpy.shutdown(context=context)
-    return _report(args, checkpoint, env_id, traces, threshold, plan_ms, settings)
+    return _report(args, checkpoint, env_id, traces, threshold, plan_ms, settings, int(meta['frameskip']))
 
 
 class Observer:
@@ -160,7 +160,7 @@ class Observer:
 
 
 def _report(args: argparse.Namespace, checkpoint: Path, env_id: str, traces: list[EpisodeTrace],
-            threshold: float | None, plan_ms: list[float], settings: Any) -> int:
+            threshold: float | None, plan_ms: list[float], settings: Any, frameskip: int) -> int:
     normal = [t for t in traces if not t.surprise_episode]
     special = next(t for t in traces if t.surprise_episode)
     wins = sum(t.success for t in normal)
@@ -169,8 +169,10 @@ def _report(args: argparse.Namespace, checkpoint: Path, env_id: str, traces: lis
     false_flags = sum(f for t in normal for _, _, f in t.scores)
 
     def score_at(kind: str) -> float | None:
+        # the highest score within one block after the event: a score is filed under the sim's step
+        # count when it arrives, which may already be a step or two past the frame it scores
         step = special.events.get(kind)
-        after = [s for st, s, _ in special.scores if step is not None and step < st <= step + 1]
+        after = [s for st, s, _ in special.scores if step is not None and step < st <= step + frameskip]
         return max(after) if after else None
 
     teleport, recolour = score_at('teleport'), score_at('recolour')
