@@ -27,6 +27,7 @@ import pytest
 rclpy = pytest.importorskip('rclpy', reason='rclpy is not installed')
 import torch  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import TwistStamped  # noqa: E402
 from rcl_interfaces.msg import Log, ParameterType  # noqa: E402
 from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -46,6 +47,7 @@ from lewm_ros.image_conversion import (  # noqa: E402
 )
 from lewm_ros.model import LeWM, ModelConfig  # noqa: E402
 from lewm_ros.nodes.planner_node import PlannerNode  # noqa: E402
+from lewm_ros.surprise import SurpriseCalibration  # noqa: E402
 
 RATE_HZ = 5.0  # low enough that a loaded 2-core CI machine keeps the loop on time
 FAST_PLANNER = {'samples': 16, 'iterations': 2, 'elites': 4, 'horizon': 2}
@@ -155,12 +157,24 @@ class Harness:
 @pytest.fixture
 def setup(rclpy_context, spinner, checkpoint):
     def make(publisher_qos: QoSProfile | int = 10, **params):
-        node = spinner.add(PlannerNode(context=rclpy_context, checkpoint=str(checkpoint), device='cpu',
-                                       **{'control_rate_hz': RATE_HZ, **FAST_PLANNER, **params}))
+        node = spinner.add(PlannerNode(context=rclpy_context, device='cpu', **{
+            'checkpoint': str(checkpoint), 'control_rate_hz': RATE_HZ, **FAST_PLANNER, **params}))
         harness = Harness(spinner.add(Node('planner_harness', context=rclpy_context)), publisher_qos)
         assert wait_for(lambda: harness.camera.get_subscription_count() > 0, 10.0)
         return node, harness
     return make
+
+
+def stamped(msg: Image, sec: int) -> Image:
+    """``msg`` with header stamp ``sec`` s (a lock-step world stamps each new view later than the last)."""
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, 0
+    return msg
+
+
+def wait_outputs(node: PlannerNode) -> None:
+    """Wait until the harness hears the node's action and plan topics (so it misses none of them)."""
+    assert wait_for(lambda: node.action_pub.get_subscription_count() > 0
+                    and node.plan_pub.get_subscription_count() > 0, 10.0), 'the harness never matched'
 
 
 def wait_ticks(node: PlannerNode, count: int, timeout: float = 20.0) -> None:
@@ -235,6 +249,34 @@ def test_surprise_is_flagged_exactly_above_the_threshold_parameter(setup, thresh
         assert float(status.values[1].value) == threshold
 
 
+@pytest.fixture(scope='module')
+def calibrated_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint with a surprise calibration (as `lewm calibrate` stores it), threshold 1e-9."""
+    calibration = SurpriseCalibration(threshold=1e-9, quantile=0.99, mean=5e-10, std=1e-10, n=100)
+    return _save(tmp_path_factory.mktemp('planner_node') / 'calibrated', action_low=[-1.0, -1.0],
+                 action_high=[1.0, 1.0], surprise=calibration.to_dict())
+
+
+def test_the_checkpoints_calibrated_threshold_is_used_unless_the_parameter_is_set(
+        setup, calibrated_checkpoint: Path) -> None:
+    # surprise_threshold left unset (-1): the checkpoint's 1e-9, below every score, flags every frame
+    node, h = setup(checkpoint=str(calibrated_checkpoint))
+    phases = [(None, 1e-9, 'WARN'), (1e9, 1e9, 'OK'), (-1.0, 1e-9, 'WARN')]  # -1: back to the checkpoint's
+    for parameter, threshold, level in phases:
+        if parameter is not None:
+            (result,) = h.set_params(surprise_threshold=parameter)
+            assert result.successful, result.reason
+        first = len(h.surprise)
+        frames = _scored_frames_after(h, first, node.model.config.frameskip + 2 if first == 0 else 3)
+        scored = [m.status[0] for m in frames if not _is_warming_up(m)]
+        assert len(scored) >= 2, 'too few scored frames'
+        for status in scored:
+            values = {kv.key: kv.value for kv in status.values}
+            assert float(values['threshold']) == threshold, (parameter, values)
+            assert status.level == getattr(status, level), (parameter, values)
+            assert values['flagged'] == str(level == 'WARN').lower()
+
+
 def _is_warming_up(message: DiagnosticArray) -> bool:
     return 'warming up' in message.status[0].message
 
@@ -304,6 +346,106 @@ def test_goal_of_another_size_is_resized_and_used(setup) -> None:
     assert node.dropped_frames == 0
     expected = node.mpc.planner.encode_goal(resize_square(goal, node.image_size)[None])
     torch.testing.assert_close(node.mpc._goal, expected)
+
+
+def test_twist_stamped_actions_carry_the_action_the_frame_id_and_a_stamp(setup) -> None:
+    low, high = [0.3, -0.6], [0.31, -0.59]  # a narrow box away from zero: a swapped x and y shows
+    node, h = setup(action_type='twist_stamped', action_topic='cmd_vel', frame_id='robot_base',
+                    action_low=low, action_high=high)
+    twists: list[TwistStamped] = []
+    h.node.create_subscription(TwistStamped, 'cmd_vel', twists.append, 100)
+    wait_outputs(node)
+    h.goal.publish(image(h.rng))
+    with h.streaming():
+        assert wait_for(lambda: node.actions_sent - sum(node.safe_actions.values()) >= 3, 15.0), \
+            'fewer than 3 planned actions'
+        sent = node.actions_sent
+        assert wait_for(lambda: len(twists) >= sent, 5.0), f'{len(twists)} twists of {sent} actions'
+    now = rclpy.clock.Clock().now().nanoseconds
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in twists]
+    assert stamps == sorted(stamps) and 0 < now - stamps[0] < 60 * 10**9, 'actions not stamped with now'
+    for m in twists:
+        assert m.header.frame_id == 'robot_base'
+        assert low[0] <= m.twist.linear.x <= high[0] and low[1] <= m.twist.linear.y <= high[1], m.twist
+        assert (m.twist.linear.z, m.twist.angular.x, m.twist.angular.y, m.twist.angular.z) == (0, 0, 0, 0)
+    assert not h.actions, 'actions on lewm/action though action_topic is cmd_vel'
+
+
+def test_frame_driven_sends_one_action_per_new_frame_and_none_for_a_repeat(setup) -> None:
+    node, h = setup(frame_driven=True, stale_timeout=60.0)
+    wait_outputs(node)
+    last = stamped(image(h.rng), 1)
+    h.camera.publish(last)
+    assert wait_for(lambda: len(h.surprise) == 1, 5.0)
+    h.goal.publish(image(h.rng))  # stamped 0: the newest frame shows its episode already
+    assert wait_for(lambda: len(h.actions) == 1, 10.0), 'no action for the goal on the newest frame'
+    for i in range(2, 7):
+        last = stamped(image(h.rng), i)
+        h.camera.publish(last)
+        assert wait_for(lambda n=i: len(h.actions) >= n, 10.0), f'no action for frame {i}'
+    repeated = node.frames_repeated
+    h.camera.publish(last)  # the same view again, as a lock-step sim re-publishes while it waits
+    assert wait_for(lambda: node.frames_repeated > repeated, 5.0), 'the repeated frame was not seen'
+    wait_ticks(node, 5)  # a second of control ticks without a new frame
+    assert node.actions_sent == len(h.actions) == 6, f'{node.actions_sent} actions for 6 frames'
+    assert not node.safe_actions, node.safe_actions
+
+
+def test_replan_every_executes_that_many_blocks_of_each_plan(setup) -> None:
+    # horizon 3, replan_every 2: each plan's first two blocks go out action by action, then a new plan
+    node, h = setup(frame_driven=True, stale_timeout=60.0, horizon=3, replan_every=2)
+    fs, dim = node.model.config.frameskip, node.action_dim
+    per_plan = 2 * fs
+    wait_outputs(node)
+    h.camera.publish(stamped(image(h.rng), 1))
+    assert wait_for(lambda: len(h.surprise) == 1, 5.0)
+    h.goal.publish(image(h.rng))
+    count = 2 * per_plan + 2  # two plans executed whole, the third begun
+    for i in range(1, count + 1):
+        if i > 1:
+            h.camera.publish(stamped(image(h.rng), i))
+        assert wait_for(lambda n=i: len(h.actions) >= n, 10.0), f'no action for frame {i}'
+    wait_ticks(node, 2)
+    assert len(h.actions) == count and len(h.plans) == 3, f'{len(h.plans)} plans for {count} actions'
+    assert not node.safe_actions, node.safe_actions
+    actions = np.array([a for _, a in h.actions])
+    for k, plan in enumerate(h.plans):
+        assert [d.size for d in plan.layout.dim] == [3, fs, dim]
+        executed = actions[k * per_plan:(k + 1) * per_plan]
+        planned = np.array(plan.data).reshape(-1, dim)[:len(executed)]
+        np.testing.assert_allclose(executed, planned, atol=1e-7, err_msg=f'plan {k}')
+
+
+def test_a_new_goal_restarts_the_history_and_the_warm_start(setup) -> None:
+    """The same goal and view again after other frames: the plan is the very first one again, unscored.
+
+    A new goal starts a new episode: frame history, queued actions, warm start and random stream
+    all restart, so its first plan is made exactly as the first plan of a fresh node was.
+    """
+    node, h = setup(frame_driven=True, stale_timeout=60.0, max_plan_time=30.0, replan_every=1)
+    wait_outputs(node)
+    goal, view = rgb(h.rng), rgb(h.rng)
+    h.camera.publish(stamped(Image(**rgb_to_image_fields(view)), 1))
+    assert wait_for(lambda: len(h.surprise) == 1, 5.0)
+    h.goal.publish(Image(**rgb_to_image_fields(goal)))  # stamped 0: the view above starts its history
+    assert wait_for(lambda: len(h.actions) == 1 and len(h.plans) == 1, 10.0), 'no plan for the goal'
+    for i in range(2, 6):  # a longer history, a warm start, a random stream used
+        h.camera.publish(stamped(image(h.rng), i))
+        assert wait_for(lambda n=i: len(h.actions) >= n, 10.0), f'no action for frame {i}'
+    assert wait_for(lambda: len(h.plans) == 3, 5.0)
+    assert not np.allclose(h.plans[-1].data, h.plans[0].data), 'the plans never changed'
+    generation, sent, planned, scored = node._generation, len(h.actions), len(h.plans), len(h.surprise)
+    # The same goal, stamped after the newest frame: the node waits for the next view, the first one.
+    h.goal.publish(stamped(Image(**rgb_to_image_fields(goal)), 10))
+    assert wait_for(lambda: node._generation > generation, 5.0), 'the new goal never arrived'
+    h.camera.publish(stamped(Image(**rgb_to_image_fields(view)), 11))
+    assert wait_for(lambda: len(h.actions) > sent and len(h.plans) > planned and len(h.surprise) > scored,
+                    10.0), 'no plan after the new goal'
+    wait_ticks(node, 2)
+    assert (len(h.actions), len(h.plans), len(h.surprise)) == (sent + 1, planned + 1, scored + 1)
+    assert _is_warming_up(h.surprise[-1]), 'the first frame for the new goal was scored against the old ones'
+    np.testing.assert_allclose(h.plans[-1].data, h.plans[0].data, atol=1e-6)
+    np.testing.assert_allclose(h.actions[-1][1], h.actions[0][1], atol=1e-6)
 
 
 # -- camera streams -------------------------------------------------------------------------------------
@@ -529,6 +671,25 @@ def test_held_safe_action_is_clipped_to_bounds_tightened_after_it_was_sent(setup
     wait_ticks(node, 3)
     assert wait_for(lambda: len(h.actions) >= sent + 2, 5.0)
     np.testing.assert_allclose(h.actions[-1][1], np.clip(held, -limit, limit))
+
+
+def test_zero_safe_action_is_clipped_into_the_bounds_in_force(setup) -> None:
+    # bounds that exclude zero: the zero safe action is their nearest point, then that of new ones
+    node, h = setup(action_low=[0.2, -0.9], action_high=[0.8, -0.3])
+    wait_outputs(node)
+    h.goal.publish(image(h.rng))  # a goal and no camera frame: every tick sends the safe action
+    assert wait_for(lambda: len(h.actions) >= 3, 10.0), 'no safe action without a camera'
+    assert node.safe_actions.get('camera stale', 0) == node.actions_sent
+    for _, action in h.actions:
+        np.testing.assert_array_equal(action, [0.2, -0.3])
+    results = h.set_params(action_low=[0.4, -0.7], action_high=[0.6, -0.5])  # each one valid alone
+    assert all(r.successful for r in results), [r.reason for r in results]
+    sent = node.actions_sent  # every action from here on left after the reply
+    wait_ticks(node, 3)
+    assert wait_for(lambda: len(h.actions) >= sent + 3, 5.0)
+    for _, action in h.actions[sent:]:
+        np.testing.assert_array_equal(action, [0.4, -0.5])
+    assert wait_for(lambda: len(h.warnings('zero lies outside the action bounds')) >= 2, 5.0)
 
 
 BAD_BOUNDS = {
