@@ -62,11 +62,16 @@ def test_float_image_scaled_and_big_endian_read() -> None:
     (SimpleNamespace(height=6, width=5, encoding='rgb8', is_bigendian=0, step=15, data=b'\0' * 89), 'bytes'),
     (SimpleNamespace(height=6, width=5, encoding='rgb8', is_bigendian=0, step=10, data=b'\0' * 60), 'step'),
     (msg(np.full((4, 4, 1), np.nan, np.float32), '32FC1'), 'NaN'),
-    (msg(np.array([[[0.5], [np.inf]], [[-np.inf], [0.5]]], np.float32), '32FC1'), 'inf'),
-])
+    (msg(np.array([[[0.5], [np.inf]], [[0.5], [0.5]]], np.float32), '32FC1'), 'inf'),
+    (msg(np.array([[[0.5], [0.5]], [[-np.inf], [0.5]]], np.float32), '32FC1'), 'inf'),
+    (msg(np.array([[[0.5, 0.5, np.inf]]], np.float32), '32FC3'), 'inf'),
+    (msg(np.array([[[0.5, -np.inf, 0.5]]], '>f4'), '32FC3', bigendian=True), 'inf'),
+], ids=['unknown-encoding', 'empty', 'size', 'step', 'nan', '+inf', '-inf', '+inf-rgb', '-inf-big-endian'])
 def test_malformed_messages_raise_with_reason(bad: SimpleNamespace, reason: str) -> None:
     with pytest.raises(ImageConversionError, match=reason):
         image_msg_to_rgb(bad)
+    with pytest.raises(ImageConversionError, match=reason):  # the node's path
+        image_msg_to_square(bad, 4)
 
 
 def test_rgb_fields_round_trip() -> None:

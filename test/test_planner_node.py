@@ -588,7 +588,9 @@ def test_malformed_images_are_dropped_counted_and_both_sources_logged(setup) -> 
         Image(height=2, width=2, encoding='32FC1', step=8,
               data=np.full(4, np.nan, np.float32).tobytes()),                            # NaN floats
         Image(height=2, width=2, encoding='32FC1', step=8,
-              data=np.array([0.5, np.inf, 0.5, -np.inf], np.float32).tobytes()),        # inf floats
+              data=np.array([0.5, np.inf, 0.5, 0.5], np.float32).tobytes()),            # +inf floats
+        Image(height=2, width=2, encoding='32FC1', step=8,
+              data=np.array([0.5, 0.5, -np.inf, 0.5], np.float32).tobytes()),           # -inf floats
     ]
     for msg in bad:
         for source, publisher in (('camera', h.camera), ('goal', h.goal)):
