@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +15,39 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
 
-def test_dds_stays_on_loopback() -> None:
-    assert os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
-    assert os.environ['ROS_LOCALHOST_ONLY'] == '1'
+
+def _sourced_env_sh(environment: dict[str, str], cwd: Path) -> dict[str, str]:
+    """The environment a bash started with only ``environment`` has after sourcing scripts/env.sh."""
+    result = subprocess.run(['bash', '-c', '. "$1" && env -0', 'bash', str(REPO / 'scripts' / 'env.sh')],
+                            env=environment, cwd=cwd, capture_output=True, timeout=30)
+    assert result.returncode == 0 and not result.stderr, result.stderr.decode()
+    return dict(item.split('=', 1) for item in result.stdout.decode().split('\0') if item)
+
+
+def test_dds_stays_on_loopback(tmp_path: Path) -> None:
+    """scripts/env.sh confines DDS to this machine whatever the shell had, and conftest.py agrees."""
+    path = '/usr/bin:/bin'
+    # A shell set up for the network: env.sh must override it (sourced from another directory).
+    hostile = {'PATH': path, 'ROS_LOCALHOST_ONLY': '0', 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}
+    out = _sourced_env_sh(hostile, tmp_path)
+    assert out['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'  # Jazzy and newer
+    assert out['ROS_LOCALHOST_ONLY'] == '1'  # Humble
+    assert out['ROS_DOMAIN_ID'] == '42' and out['RMW_IMPLEMENTATION'] == 'rmw_fastrtps_cpp'
+    venv = str(REPO / '.venv')
+    assert out['VIRTUAL_ENV'] == venv and out['PATH'].split(':')[0] == f'{venv}/bin'
+    assert out['AMENT_PREFIX_PATH'].split(':')[0] == venv
+    # A domain, an RMW and a venv chosen by the caller are kept; loopback is not negotiable.
+    chosen = {**hostile, 'ROS_DOMAIN_ID': '57', 'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp',
+              'LEWM_VENV': str(tmp_path / 'venv')}
+    out = _sourced_env_sh(chosen, REPO)
+    assert (out['ROS_DOMAIN_ID'], out['RMW_IMPLEMENTATION']) == ('57', 'rmw_cyclonedds_cpp')
+    assert out['VIRTUAL_ENV'] == str(tmp_path / 'venv')
+    assert (out['ROS_AUTOMATIC_DISCOVERY_RANGE'], out['ROS_LOCALHOST_ONLY']) == ('LOCALHOST', '1')
+    # This test run (conftest.py) uses the same loopback settings as env.sh, on a valid domain.
+    for name in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_LOCALHOST_ONLY'):
+        assert os.environ[name] == out[name], name
     assert 0 <= int(os.environ['ROS_DOMAIN_ID']) <= 101
 
 
