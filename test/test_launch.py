@@ -283,6 +283,39 @@ def test_the_static_check_sees_a_remapped_topic_and_a_default_that_overrides(tmp
     assert isinstance(parsed.defaults['device'], ast.Constant) and parsed.defaults['device'].value == 'auto'
 
 
+# Variables that take DDS off loopback or onto another domain (scripts/env.sh sets the loopback ones).
+DDS_VARIABLE_PREFIXES = ('ROS_', 'RMW_', 'FASTRTPS', 'FASTDDS', 'CYCLONEDDS', 'ZENOH')
+
+
+@pytest.mark.parametrize('name', LAUNCH_FILES)
+def test_the_nodes_inherit_the_shells_dds_environment(name: str) -> None:
+    """No launch file replaces or changes the DDS settings of the shell it runs in (loopback, domain).
+
+    A node started by ``ros2 launch`` gets the launching environment plus ``additional_env``;
+    ``env=`` would replace all of it, and a DDS variable there (or a SetEnvironmentVariable action)
+    would take the nodes off what scripts/env.sh set up.
+    """
+    tree = ast.parse((LAUNCH_DIR / name).read_text())
+    processes = [n for n in ast.walk(tree) if _called(n) in ('Node', 'ExecuteProcess')]
+    assert processes, f'{name}: no Node found'
+    problems = []
+    for call in processes:
+        if _keyword(call, 'env') is not None:
+            problems.append(f'line {call.lineno}: env= replaces the environment the node inherits')
+        extra = _keyword(call, 'additional_env')
+        if extra is None:
+            continue
+        if not isinstance(extra, ast.Dict) or not all(isinstance(k, ast.Constant) for k in extra.keys):
+            problems.append(f'line {call.lineno}: additional_env is not a dict of constant names')
+            continue
+        problems += [f'line {call.lineno}: additional_env sets {k.value}' for k in extra.keys
+                     if str(k.value).upper().startswith(DDS_VARIABLE_PREFIXES)]
+    changers = ('SetEnvironmentVariable', 'UnsetEnvironmentVariable', 'AppendEnvironmentVariable')
+    for call in (n for n in ast.walk(tree) if _called(n) in changers):
+        problems.append(f'line {call.lineno}: {_called(call)} changes the environment of every node')
+    assert not problems, f'{name}:\n' + '\n'.join(problems)
+
+
 # -- runs of the launch files (a ROS 2 distro with launch and launch_ros) ---------------------------
 def _launch_stack_or_skip() -> None:
     # Submodules: with the repository on sys.path, its launch/ folder passes for a `launch` package.
