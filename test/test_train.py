@@ -119,6 +119,19 @@ def test_validation_batches_are_spread_over_the_validation_episodes(tmp_path, sq
     assert again == first  # the same batches at every validation: the curve compares like with like
 
 
+def test_training_precision_auto_is_bf16_only_where_the_cpu_has_it_natively():
+    from test_planner import cpuinfo_says_native_bf16
+
+    from training.fit.precision import resolve_precision
+
+    cpu = torch.device('cpu')
+    assert resolve_precision('auto', cpu) == ('bf16' if cpuinfo_says_native_bf16() else 'fp32')
+    assert resolve_precision('bf16', cpu) == 'bf16' and resolve_precision('fp32', cpu) == 'fp32'
+    assert resolve_precision('auto', torch.device('mps')) == 'fp32'
+    with pytest.raises(ValueError, match='precision must be one of'):
+        resolve_precision('fp16', cpu)
+
+
 def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(0, 10, 100) == pytest.approx(0.1)
     assert lr_factor(9, 10, 100) == pytest.approx(1.0)
