@@ -29,8 +29,9 @@ setup(
         (f'share/{PACKAGE}/launch', share('launch/*.launch.py')),
         (f'share/{PACKAGE}/config', share('config/*.yaml')),
         (f'share/{PACKAGE}/config/train', share('config/train/*.yaml')),
-        # The embedded demo model (trained by our own lewm collect + lewm train; docs/demo.md).
-        (f'share/{PACKAGE}/models/demo_tworoom', share('models/demo_tworoom/*')),
+        # The embedded models (trained by our own lewm collect + lewm train; docs/demo.md).
+        (f'share/{PACKAGE}/models/tworoom', share('models/tworoom/*')),
+        (f'share/{PACKAGE}/models/reacher', share('models/reacher/*')),
     ],
     # torch is deliberately unpinned here: the set-up script (or the ROS distro) installs the build
     # that fits the machine; pinning it here would let pip replace a CPU build with a CUDA one.

@@ -1,7 +1,9 @@
 """Checkpoints on disk: bit-exact round trip, safetensors compatibility, clear errors when damaged."""
 
+import hashlib
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -332,3 +334,124 @@ def test_the_shapes_checked_before_loading_are_those_of_the_real_model(preset):
     cfg = ModelConfig.from_preset(preset, action_dim=3)
     real = {name: tuple(t.shape) for name, t in LeWM(cfg).state_dict().items()}
     assert expected_shapes(cfg) == real
+
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = {'tworoom': 'lewm/TwoRoom-v0', 'reacher': 'lewm/Reacher-v0'}
+
+
+@pytest.mark.parametrize('name', sorted(SHIPPED))
+def test_the_shipped_models_load_and_match_their_recorded_hash(name):
+    path = REPO / 'models' / name
+    meta = json.loads((path / 'meta.json').read_text())
+    weights = (path / 'model.safetensors').read_bytes()
+    assert not weights.startswith(b'version https://git-lfs'), 'an LFS pointer, not the weights'
+    assert hashlib.sha256(weights).hexdigest() == meta['weights']['sha256']
+    model, loaded = load_checkpoint(path)  # verifies the hash itself, and every shape
+    assert loaded['env_id'] == SHIPPED[name]
+    # what `lewm demo` and the planner node read from it: settings, threshold and goal metric
+    assert loaded['planner']['settings'] and loaded['surprise']['threshold'] > 0
+    assert loaded['goal_metric']['kind'] == 'step_whitening'
+    size = model.config.image_size
+    with torch.no_grad():
+        z = model.encode(torch.zeros(1, 1, size, size, 3, dtype=torch.uint8))
+    assert z.shape == (1, 1, model.config.embed_dim) and torch.isfinite(z).all()
+
+
+def other_model() -> LeWM:
+    model = make_model()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    return model
+
+
+def same_weights(path, model) -> bool:
+    loaded, _ = load_checkpoint(path)
+    return all(torch.equal(t, loaded.state_dict()[k]) for k, t in model.state_dict().items())
+
+
+class CrashError(Exception):
+    pass
+
+
+class CrashAt:
+    """Count the steps of a save (file writes, renames, the extra callback); fail the n-th one."""
+
+    def __init__(self, n: int, real: dict) -> None:
+        self.n, self.real, self.steps = n, real, []
+
+    def step(self, kind: str, *args, **kwargs):
+        self.steps.append(kind)
+        if len(self.steps) == self.n:
+            raise CrashError(kind)
+        return self.real[kind](*args, **kwargs)
+
+
+def test_a_save_stopped_at_any_step_leaves_the_old_or_no_checkpoint_under_the_name(tmp_path, monkeypatch):
+    """Fail each file operation of save_checkpoint in turn: the final name never holds a mix."""
+    import os
+
+    from lewm_ros import checkpoint
+
+    old, new = make_model(), other_model()
+    real = {'replace': os.replace, 'save_file': safetensors_io.save_file, 'extra': lambda staging: None}
+    for fresh in (True, False):
+        for n in range(1, 10):
+            path = tmp_path / f'{"fresh" if fresh else "over"}{n}' / 'ckpt'
+            if not fresh:
+                save_checkpoint(path, old)
+            crash = CrashAt(n, real)
+            monkeypatch.setattr(os, 'replace', lambda *a, c=crash, **k: c.step('replace', *a, **k))
+            monkeypatch.setattr(checkpoint.safetensors_io, 'save_file',
+                                lambda *a, c=crash, **k: c.step('save_file', *a, **k))  # fmt: skip
+            try:
+                save_checkpoint(path, new, extra=lambda staging, c=crash: c.step('extra', staging))
+                finished = True
+            except CrashError:
+                finished = False
+            finally:
+                monkeypatch.undo()
+            if finished:
+                assert same_weights(path, new)
+                break
+            if path.exists():  # never the new weights with the old description, nor half a directory
+                assert not fresh and same_weights(path, old), (n, crash.steps)
+            visible = sorted(p.name for p in path.parent.iterdir() if not p.name.startswith('.'))
+            assert visible in ([], ['ckpt']), visible
+        # each step was failed once before this run: weights, meta.json, the extra files, the renames
+        assert finished and n == len(crash.steps) + 1 and crash.steps.count('replace') >= 2 + (not fresh)
+
+
+KILLED_SAVE = r'''
+import os, signal, sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_checkpoint import other_model
+from lewm_ros.checkpoint import save_checkpoint
+
+def die(staging):  # weights and meta.json are written in the staging directory by now
+    os.kill(os.getpid(), signal.SIGKILL)
+
+save_checkpoint(sys.argv[1], other_model(), extra=die)
+'''
+
+
+def test_a_killed_save_keeps_the_previous_checkpoint_whole(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / 'ckpt'
+    old = make_model()
+    save_checkpoint(path, old)
+    (path / 'train_state.json').write_text('{"step": 1}')
+    env = {**os.environ, 'PYTHONPATH': str(REPO)}
+    run = subprocess.run([sys.executable, '-c', KILLED_SAVE, str(path), str(REPO / 'test')], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    assert same_weights(path, old) and (path / 'train_state.json').read_text() == '{"step": 1}'
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith('.')] == ['ckpt']
+    # the staging directory the kill left behind does not stand in the way of the next save
+    save_checkpoint(path, other_model())
+    assert same_weights(path, other_model()) and (path / 'train_state.json').is_file()

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip('mujoco')
-pytest.importorskip('h5py')
+h5py = pytest.importorskip('h5py')
 
-from lewm_ros.checkpoint import build_metadata, read_metadata, save_checkpoint  # noqa: E402
+from lewm_ros.checkpoint import build_metadata, load_checkpoint, read_metadata, save_checkpoint  # noqa: E402
 from lewm_ros.model import LeWM, ModelConfig  # noqa: E402
 from lewm_ros.planning import LatentPlanner, PlannerConfig  # noqa: E402
 from lewm_ros.sim.two_room import SUCCESS_RADIUS  # noqa: E402
@@ -44,6 +45,29 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def recorded_episodes(path: Path) -> list[dict[str, np.ndarray]]:
+    """Every episode of an episode file, read with plain h5py (not the reader under test)."""
+    with h5py.File(path, 'r') as f:
+        columns = {name: f[name][:] for name in ('pixels', 'actions', 'state')}
+        bounds = zip(f['episode_offsets'][:], f['episode_lengths'][:], strict=True)
+        return [{k: v[start : start + n] for k, v in columns.items()} for start, n in bounds]
+
+
+@torch.no_grad()
+def surprise_by_definition(model: LeWM, frames: np.ndarray, blocks: np.ndarray) -> list[float]:
+    """s_t = ||predict(z[t-W..t-1], blocks)[last] - z_t||^2 / D for t >= 1, one window at a time."""
+    W = model.config.history
+    z = model.encode(torch.from_numpy(frames)[None])[0]
+    acts = torch.from_numpy(blocks.reshape(1, len(blocks), -1)).float()
+    a = model.embed_actions(model.normalize_actions(acts))[0]
+    scores = []
+    for t in range(1, len(z)):
+        first = max(0, t - W)
+        predicted = model.predict(z[None, first:t], a[None, first:t])[0, -1]
+        scores.append(float((predicted - z[t]).square().mean()))
+    return scores
+
+
 def test_calibrate_stores_the_threshold_in_the_checkpoint(workdir: Path, capsys) -> None:
     ckpt = workdir / 'run' / 'final'
     assert read_metadata(ckpt)['surprise'] is None and read_metadata(ckpt)['goal_metric'] is None
@@ -62,9 +86,22 @@ def test_calibrate_stores_the_threshold_in_the_checkpoint(workdir: Path, capsys)
     expected_n = EPISODES * sum(len(range(p, frames, FRAMESKIP)) - 1 for p in range(FRAMESKIP))
     assert stored['n'] == expected_n
     assert stored['quantile'] == 0.99 and stored['history'] == 3
-    assert stored['mean'] <= stored['threshold'] and stored['std'] > 0
-    same = {k: dry[k] for k in stored if k != 'parts'} | {'quantile': 0.99, 'threshold': stored['threshold']}
-    assert {k: v for k, v in stored.items() if k != 'parts'} == same
+    # the threshold is the 0.99 quantile of the scores recomputed here, window by window
+    model, _ = load_checkpoint(ckpt)
+    scores = []
+    for episode in recorded_episodes(workdir / 'tworoom.h5'):
+        for phase in range(FRAMESKIP):
+            idx = np.arange(phase, len(episode['pixels']), FRAMESKIP)
+            blocks = np.stack([episode['actions'][i : i + FRAMESKIP] for i in idx[:-1]])
+            scores += surprise_by_definition(model, episode['pixels'][idx], blocks)
+    assert len(scores) == expected_n
+    assert stored['threshold'] == pytest.approx(np.quantile(scores, 0.99), rel=1e-5)
+    assert stored['mean'] == pytest.approx(np.mean(scores), rel=1e-5)
+    assert stored['std'] == pytest.approx(np.std(scores), rel=1e-4)
+    # the dry run measured the same frames; only its quantile (the default 0.995) differs
+    assert dry['n'] == expected_n and dry['quantile'] == 0.995
+    assert dry['threshold'] == pytest.approx(np.quantile(scores, 0.995), rel=1e-5)
+    assert (dry['mean'], dry['std'], dry['history']) == (stored['mean'], stored['std'], stored['history'])
     # the goal metric: one-step changes of the same sequences, a symmetric D x D whitening matrix
     meta = read_metadata(ckpt)
     metric = meta['goal_metric']
@@ -116,24 +153,43 @@ def test_calibrate_holds_the_threshold_on_planner_driven_frames_too(workdir: Pat
     assert stored['threshold'] == max(part['threshold'] for part in parts.values())
 
 
-def test_eval_surprise_reports_auroc_false_flags_and_traces(workdir: Path) -> None:
-    ckpt = workdir / 'run' / 'final'
-    if read_metadata(ckpt)['surprise'] is None:  # the test may run alone
-        assert main(['calibrate', '--checkpoint', str(ckpt), '--data', str(workdir / 'tworoom.h5'),
-                     '--device', 'cpu']) == 0  # fmt: skip
-    out, plot = workdir / 'surprise.json', workdir / 'surprise.png'
+def test_eval_surprise_reports_auroc_false_flags_and_traces(workdir: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / 'ckpt'
+    shutil.copytree(workdir / 'run' / 'final', ckpt)
+    # a median threshold, so that some normal frames lie above it and the false-flag rate is not 0
+    assert main(['calibrate', '--checkpoint', str(ckpt), '--data', str(workdir / 'tworoom.h5'),
+                 '--device', 'cpu', '--quantile', '0.5', '--closed-loop', '0']) == 0  # fmt: skip
+    out, plot = tmp_path / 'surprise.json', tmp_path / 'surprise.png'
     assert main(['eval-surprise', '--checkpoint', str(ckpt), '--episodes', '2', '--steps', '20',
                  '--perturb-step', '10', '--device', 'cpu', '--json', str(out),
                  '--plot', str(plot)]) == 0  # fmt: skip
     result = json.loads(out.read_text())
-    for key in ('auroc_teleport_vs_normal', 'auroc_recolour_vs_normal', 'auroc_teleport_vs_recolour'):
-        assert 0.0 <= result[key] <= 1.0
     assert result['event_frame'] == 2 and result['normal_frames'] == 2 * 4
-    assert 0.0 <= result['false_flag_rate'] <= 1.0
-    assert result['threshold'] == read_metadata(ckpt)['surprise']['threshold']
+    threshold = read_metadata(ckpt)['surprise']['threshold']
+    assert result['threshold'] == threshold
+    # every figure follows from the traces: the event frame's scores against all scored normal frames
+    traces = result['traces']
+    normal = [score for row in traces['normal'] for score in row[1:]]
+    events = {v: [row[result['event_frame']] for row in traces[v]] for v in ('teleport', 'recolour')}
+    assert len(normal) == 8 and None not in normal
+
+    def pairwise_auroc(positives: list[float], negatives: list[float]) -> float:
+        pairs = [(p > n) + 0.5 * (p == n) for p in positives for n in negatives]
+        return sum(pairs) / len(pairs)
+
+    assert result['auroc_teleport_vs_normal'] == pytest.approx(pairwise_auroc(events['teleport'], normal))
+    assert result['auroc_recolour_vs_normal'] == pytest.approx(pairwise_auroc(events['recolour'], normal))
+    assert result['auroc_teleport_vs_recolour'] == pytest.approx(
+        pairwise_auroc(events['teleport'], events['recolour']))  # fmt: skip
+    assert 0 < result['false_flag_rate'] < 1
+    assert result['false_flag_rate'] == pytest.approx(np.mean(np.array(normal) > threshold))
+    for variant in ('teleport', 'recolour'):
+        flagged = np.array(events[variant]) > threshold
+        assert result[f'{variant}_detection_rate'] == pytest.approx(np.mean(flagged))
+        assert result[f'{variant}_median'] == pytest.approx(np.median(events[variant]))
+    assert result['normal_median'] == pytest.approx(np.median(normal))
     # unless told otherwise, episodes are driven like the calibration data (expert, noise 0.1)
     assert result['policy'] == 'expert' and result['noise'] == pytest.approx(0.1)
-    traces = result['traces']
     assert set(traces) == {'normal', 'teleport', 'recolour'}
     assert all(len(row) == 5 and row[0] is None for rows in traces.values() for row in rows)
     # before the event the three variants are the same episode: same frames, same scores
@@ -156,6 +212,44 @@ def test_bench_plan_prints_one_json_object(capsys) -> None:
     assert 'random weights' in result['weights']
     assert result['samples'] == 8 and result['iterations'] == 2 and result['history_frames'] == 3
     assert {'encode_ms', 'rollout_ms', 'solver_ms'} <= set(result)
+
+
+def test_bench_plan_compare_bfloat16_judges_bf16_and_another_seed_by_float32(workdir: Path, capsys) -> None:
+    from lewm_ros.planning import settings as planner_settings
+    from lewm_ros.planning.goal_metric import goal_metric_from_meta
+    from training.bench.plan import real_scenes
+
+    ckpt, data = workdir / 'run' / 'final', workdir / 'tworoom.h5'
+    settings = ['--samples', '16', '--iters', '2', '--elites', '4', '--horizon', '2', '--threads', '1']
+    assert main(['bench', 'plan', '--checkpoint', str(ckpt), '--compare-bfloat16', '--data', str(data),
+                 '--plans', '1', '--json', *settings]) == 0  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['benchmark'] == 'plan-compare-bfloat16' and result['scenes'] == 1
+    assert (result['samples'], result['iterations']) == (16, 2)
+    # the same comparison made here on that one scene: each plan's cost judged by the float32 rollout,
+    # relative to the float32 plan's; the first blocks' difference as a share of the action range
+    model, meta = load_checkpoint(ckpt)
+    bounds = meta['action_low'], meta['action_high'], goal_metric_from_meta(meta, model.config.embed_dim)
+    [(frames, blocks, goal)] = real_scenes(str(data), 1, model.config.history, model.config.frameskip, 25, 0)
+    explicit = {'samples': 16, 'iterations': 2, 'elites': 4, 'horizon': 2, 'threads': 1, 'device': 'cpu'}
+    config = planner_settings.resolve(meta, None, explicit, 'flag').config  # as the bench resolves its flags
+    variants = {'float32': {'dtype': 'float32'}, 'float32_seed2': {'dtype': 'float32', 'seed': 1},
+                'bfloat16': {'dtype': 'bfloat16'}}  # fmt: skip
+    plans = {name: LatentPlanner(model, config.replace(**v), *bounds).plan(frames, blocks, goal)
+             for name, v in variants.items()}  # fmt: skip
+    judge = LatentPlanner(model, config.replace(dtype='float32'), *bounds)
+    costs = judge.score(frames, blocks, goal, torch.stack([p.sequence for p in plans.values()], 1))[0]
+    span = np.subtract(bounds[1], bounds[0])
+    for j, name in enumerate(variants):
+        if name == 'float32':
+            continue
+        gap = float((costs[j] - costs[0]) / costs[0])
+        moved = (plans[name].action_block - plans['float32'].action_block).abs().numpy()
+        diff = float(np.mean(moved / span))
+        assert result[name]['median_cost_gap'] == pytest.approx(gap, rel=1e-4, abs=1e-7), name
+        assert result[name]['mean_first_block_diff_of_range'] == pytest.approx(diff, rel=1e-4), name
+        assert result[name]['share_worse_by_5pct'] == float(gap > 0.05)
+        assert diff > 0, f'{name} planned exactly the float32 plan: it did not run as asked'
 
 
 def test_eval_flags_override_the_planner_config_file(tmp_path: Path) -> None:
@@ -215,10 +309,26 @@ def test_ridge_probe_scores_what_is_encoded_and_what_is_not() -> None:
 
 def test_probe_reports_r2_per_state_variable(workdir: Path, capsys) -> None:
     out, ckpt, data = workdir / 'probe.json', str(workdir / 'run' / 'final'), str(workdir / 'tworoom.h5')
-    assert main(['probe', '--checkpoint', ckpt, '--data', data, '--dims', '0', '1', '--device', 'cpu',
-                 '--json', str(out)]) == 0  # fmt: skip
-    assert 'state[1]' in capsys.readouterr().out
+    assert main(['probe', '--checkpoint', ckpt, '--data', data, '--dims', '0', '1', '--angle-dims', '1',
+                 '--device', 'cpu', '--json', str(out)]) == 0  # fmt: skip
+    assert 'sin state[1]' in capsys.readouterr().out
     r2 = json.loads(out.read_text())['r2']
-    assert set(r2) == {'state[0]', 'state[1]'} and all(v <= 1.0 for v in r2.values())
+    assert list(r2) == ['state[0]', 'cos state[1]', 'sin state[1]']
+    # the same read-out, computed here: ridge (alpha 1e-3 per frame, intercept penalised too) from the
+    # checkpoint's embeddings, fitted on the first 4 of the 6 episodes and scored on the other 2
+    model, _ = load_checkpoint(ckpt)
+    episodes = recorded_episodes(workdir / 'tworoom.h5')
+    with torch.no_grad():
+        z = np.concatenate([model.encode(torch.from_numpy(e['pixels'])[None])[0].numpy() for e in episodes])
+    state = np.concatenate([e['state'] for e in episodes]).astype(np.float64)
+    targets = np.c_[state[:, 0], np.cos(state[:, 1]), np.sin(state[:, 1])]
+    fit = np.concatenate([np.full(len(e['pixels']), i < 4) for i, e in enumerate(episodes)])
+    X = np.c_[z, np.ones(len(z))]
+    penalty = np.sqrt(1e-3 * fit.sum()) * np.eye(X.shape[1])
+    weights = np.linalg.lstsq(np.r_[X[fit], penalty], np.r_[targets[fit], np.zeros((len(penalty), 3))],
+                              rcond=None)[0]  # fmt: skip
+    residual = X[~fit] @ weights - targets[~fit]
+    expected = 1 - (residual**2).mean(0) / targets[~fit].var(0)
+    np.testing.assert_allclose(list(r2.values()), expected, rtol=1e-4, atol=1e-6)
     with pytest.raises(SystemExit, match='--dims'):
         main(['probe', '--checkpoint', ckpt, '--data', data, '--dims', '9', '--device', 'cpu'])

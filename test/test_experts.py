@@ -34,19 +34,39 @@ def test_expert_reaches_the_goal_in_a_seeded_batch(env_id):
     assert rate == 1.0
 
 
+def episodes_reaching_the_goal(env, policy_for, seeds) -> int:
+    """How many of the seeded episodes reach their goal within the task's step limit."""
+    reached = 0
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        policy = policy_for(seed)
+        for _ in range(env.max_episode_steps):
+            action = policy.act(obs)
+            assert env.action_space.contains(np.asarray(action, dtype=np.float32))
+            obs, _, _, _, info = env.step(action)
+            if info['is_success']:
+                reached += 1
+                break
+    return reached
+
+
 @pytest.mark.parametrize('env_id', ENV_IDS)
 def test_random_policy_stays_in_bounds_and_rarely_succeeds(env_id):
     env = make_env(env_id, img_size=32)
-    obs, _ = env.reset(seed=0)
-    policy = make_policy(env, 'random', rng=np.random.default_rng(0))
-    assert isinstance(policy, RandomPolicy)
-    successes = 0
-    for _ in range(40):
-        action = policy.act(obs)
-        assert env.action_space.contains(action.astype(np.float32))
-        obs, _, _, _, info = env.step(action)
-        successes += info['is_success']
-    assert successes < 40
+    seeds = range(4)
+    random = {seed: make_policy(env, 'random', rng=np.random.default_rng(seed)) for seed in seeds}
+    assert all(isinstance(policy, RandomPolicy) for policy in random.values())
+    # uniform over the box: 200 draws cover most of it (all zeros or a shrunken box would not)
+    sampler = make_policy(env, 'random', rng=np.random.default_rng(99))
+    draws = np.stack([sampler.act() for _ in range(200)])
+    low, high = env.action_space.low, env.action_space.high
+    margin = 0.1 * (high - low)
+    assert np.all(draws.min(0) < low + margin) and np.all(draws.max(0) > high - margin)
+    # a whole episode each, and at most one of four stumbles onto its goal ...
+    assert episodes_reaching_the_goal(env, random.__getitem__, seeds) <= 1
+    # ... a bound a goal-directed policy breaks on the same starts and goals
+    expert = episodes_reaching_the_goal(env, lambda seed: make_policy(env, 'expert'), seeds)
+    assert expert == len(seeds)
     env.close()
 
 

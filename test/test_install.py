@@ -46,6 +46,19 @@ def test_share_files_are_installed(install_prefix: Path) -> None:
         assert sorted(p.name for p in (share / folder).glob(pattern)) == in_repo
 
 
+def test_the_shipped_models_are_installed_under_share(install_prefix: Path) -> None:
+    """`lewm demo` and the README's `ros2 launch` read share/lewm_ros/models/<name>: all ship there."""
+    in_repo = sorted(p.name for p in (REPO / 'models').iterdir() if p.is_dir())
+    assert in_repo == ['reacher', 'tworoom']
+    installed = install_prefix / 'share' / 'lewm_ros' / 'models'
+    assert installed.is_dir() and sorted(p.name for p in installed.iterdir()) == in_repo
+    for name in in_repo:
+        files = sorted(p.name for p in (REPO / 'models' / name).iterdir())
+        assert sorted(p.name for p in (installed / name).iterdir()) == files, name
+        for file in files:
+            assert (installed / name / file).read_bytes() == (REPO / 'models' / name / file).read_bytes()
+
+
 def test_ament_index_finds_the_package(install_prefix: Path) -> None:
     ament = pytest.importorskip('ament_index_python.packages', reason='ament_index_python not installed')
     os.environ['AMENT_PREFIX_PATH'], saved = str(install_prefix), os.environ.get('AMENT_PREFIX_PATH')

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,13 @@ from lewm_ros.planning.planner import cpu_has_native_bf16, resolve_dtype, resolv
 
 LOW = np.array([-0.2, -1.0], np.float32)
 HIGH = np.array([0.5, 0.3], np.float32)
+
+
+def cpuinfo_says_native_bf16() -> bool:
+    """Whether /proc/cpuinfo lists the AVX512_BF16 or AMX-BF16 flag (parsed here, independently)."""
+    cpuinfo = Path('/proc/cpuinfo')
+    text = cpuinfo.read_text(encoding='utf-8') if cpuinfo.is_file() else ''
+    return re.search(r'^flags\s*:.*\b(avx512_bf16|amx_bf16)\b', text, re.MULTILINE) is not None
 
 
 def planner_model():
@@ -221,7 +230,9 @@ def test_compiled_rollout_plans_like_the_eager_one() -> None:
 def test_rollout_dtype_auto_takes_bf16_only_where_it_is_native() -> None:
     cpu = torch.device('cpu')
     assert resolve_dtype('float32', cpu) == torch.float32 and resolve_dtype('bfloat16', cpu) == torch.bfloat16
-    assert resolve_dtype('auto', cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    native = cpuinfo_says_native_bf16()
+    assert cpu_has_native_bf16() is native
+    assert resolve_dtype('auto', cpu) == (torch.bfloat16 if native else torch.float32)
     assert make_planner(dtype='float64').rollout_dtype == torch.float64
 
 

@@ -7,6 +7,7 @@ import torch
 
 from lewm_ros.model import LeWM, ModelConfig
 from lewm_ros.planning import CachedRollout, naive_rollout
+from lewm_ros.planning.rollout import token_layout
 
 
 def random_model(history: int, dtype: torch.dtype = torch.float64, seed: int = 0) -> LeWM:
@@ -36,12 +37,43 @@ def inputs(shape: dict[str, int], dtype=torch.float64, seed: int = 1):
     return z, a, c
 
 
+@torch.no_grad()
+def rollout_by_definition(model: LeWM, z: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """One candidate, one step at a time: predict from the last ``history`` frames (fewer at first).
+
+    Written without ``token_layout`` (which both rollouts share): frame i pairs with action block i,
+    the executed ones then the candidate's, and each prediction is appended as the next frame.
+    """
+    B, N, H, D = c.shape
+    out = torch.empty(B, N, H, D, dtype=z.dtype)
+    for b in range(B):
+        for n in range(N):
+            frames, blocks = list(z[b]), [*a[b], *c[b, n]]
+            for k in range(H):
+                window = range(max(0, len(frames) - model.config.history), len(frames))
+                x = torch.stack([frames[i] for i in window])[None]
+                cond = torch.stack([blocks[i] for i in window])[None]
+                frames.append(model.predict(x, cond)[0, -1])
+                out[b, n, k] = frames[-1]
+    return out
+
+
+def test_token_layout_by_hand() -> None:
+    # (first token, window length) of step k after T observed frames, history W
+    assert token_layout(1, 0, 3) == (0, 1) and token_layout(1, 2, 3) == (0, 3)  # the window grows ...
+    assert token_layout(1, 3, 3) == (1, 3) and token_layout(5, 0, 3) == (2, 3)  # ... then slides
+    assert token_layout(2, 4, 1) == (5, 1)
+
+
 @pytest.mark.parametrize('history', [1, 2, 3, 4])
 @pytest.mark.parametrize('observed', [1, 2, 3, 5])
 def test_cached_rollout_equals_naive_rollout(history: int, observed: int) -> None:
     model = random_model(history)
     z, a, c = inputs(dict(B=2, T=observed, N=5, H=6, D=24))
     expected = naive_rollout(model.predictor, z, a, c, history)
+    # the reference itself, against a rollout that does not share its window arithmetic (2 candidates)
+    by_definition = rollout_by_definition(model, z, a, c[:, :2])
+    torch.testing.assert_close(expected[:, :2], by_definition, rtol=0, atol=1e-12)
     rollout = CachedRollout(model.predictor)
     rollout.prepare(z, a, horizon=6)
     got = rollout(c, return_all=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,13 +71,20 @@ def _demo(tmp_path: Path, *args: str) -> dict:
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / 'surprise_trace.png').stat().st_size > 10_000
-    return json.loads((tmp_path / 'demo.json').read_text())
+    summary = json.loads((tmp_path / 'demo.json').read_text())
+    # the rate is the episodes the demo saw end in success within the paper's 50-step budget
+    outcomes = re.findall(r'^episode \d+: (success|no success) after (\d+) steps$', result.stdout, re.M)
+    assert len(outcomes) == summary['episodes'], result.stdout[-3000:]
+    wins = [int(steps) for outcome, steps in outcomes if outcome == 'success']
+    assert summary['success_rate'] == len(wins) / len(outcomes) and all(0 < s <= 50 for s in wins)
+    return summary
 
 
 def test_the_embedded_tworoom_model_reaches_goals_with_the_node_defaults(tmp_path: Path) -> None:
     summary = _demo(tmp_path, '--episodes', '3')
     assert summary['planner_sources']['solver'] == 'checkpoint'  # nothing overrode the stored settings
-    assert summary['episodes'] == 3 and summary['success_rate'] >= 1 / 3, summary
+    # 99.7 % over 300 episodes (docs/results.md): 2 of 3 is a floor with room for a slow machine
+    assert summary['episodes'] == 3 and summary['success_rate'] >= 2 / 3, summary
     assert summary['surprise']['teleport_flagged'], summary['surprise']
 
 

@@ -119,6 +119,19 @@ def test_validation_batches_are_spread_over_the_validation_episodes(tmp_path, sq
     assert again == first  # the same batches at every validation: the curve compares like with like
 
 
+def test_training_precision_auto_is_bf16_only_where_the_cpu_has_it_natively():
+    from test_planner import cpuinfo_says_native_bf16
+
+    from training.fit.precision import resolve_precision
+
+    cpu = torch.device('cpu')
+    assert resolve_precision('auto', cpu) == ('bf16' if cpuinfo_says_native_bf16() else 'fp32')
+    assert resolve_precision('bf16', cpu) == 'bf16' and resolve_precision('fp32', cpu) == 'fp32'
+    assert resolve_precision('auto', torch.device('mps')) == 'fp32'
+    with pytest.raises(ValueError, match='precision must be one of'):
+        resolve_precision('fp16', cpu)
+
+
 def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(0, 10, 100) == pytest.approx(0.1)
     assert lr_factor(9, 10, 100) == pytest.approx(1.0)
@@ -198,14 +211,53 @@ def test_batchnorm_recalibration_matches_the_batches_and_touches_no_rng():
     torch.testing.assert_close(model.projector.norm.running_mean, inputs.mean(0), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_torchrun_two_cpu_processes_train_together(tmp_path, squares):
+def test_rank_shares_are_disjoint_and_together_make_the_one_process_batch():
+    from training.fit.trainer import EpochBatches
+
+    size, batch, seed = 50, 8, 3
+    one = EpochBatches(size, batch, seed)
+    ranks = [EpochBatches(size, batch // 2, seed, rank=r, world=2) for r in range(2)]
+    for epoch, start in ((0, 0), (1, 0), (1, 2)):  # a resumed epoch starts at a later batch
+        for sampler in (one, *ranks):
+            sampler.set_epoch(epoch, start)
+        assert len(one) == len(ranks[0]) == len(ranks[1]) == size // batch - start
+        seen: list[set[int]] = [set(), set()]
+        for whole, first, second in zip(one, *ranks, strict=True):
+            assert len(first) == len(second) == batch // 2
+            assert sorted(first + second) == sorted(whole)  # the global batch of step b is one process's
+            seen[0].update(first)
+            seen[1].update(second)
+        assert not seen[0] & seen[1]
+    one.set_epoch(0)
+    assert list(one) != list(iter(EpochBatches(size, batch, seed + 1)))  # the order depends on the seed
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """The files a run wrote, relative to its folder; TensorBoard's event files by kind only."""
+    files = [str(p.relative_to(run_dir)) for p in sorted(run_dir.rglob('*')) if p.is_file()]
+    return [f.split('.out.tfevents')[0] if f.startswith('tb/') else f for f in files]
+
+
+def test_torchrun_two_cpu_processes_train_together_and_only_rank_0_writes(tmp_path, squares):
+    settings = ['optim.max_steps=6', 'train.log_every=2', 'train.ckpt_every=3', 'train.threads=1',
+                'train.progress=false', 'data.batch_size=16']  # fmt: skip
     torchrun = Path(sys.executable).parent / 'torchrun'
     command = [str(torchrun), '--standalone', '--nproc_per_node', '2', '-m', 'training.cli', 'train']
     command += ['--config', 'micro', '--data', str(squares), '--out', str(tmp_path / 'ddp')]
-    command += ['--set', 'optim.max_steps=6', '--set', 'train.progress=false']
+    command += [part for setting in settings for part in ('--set', setting)]
     env = {**os.environ, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1'}
     out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    _, meta = load_checkpoint(tmp_path / 'ddp' / 'final')
-    assert meta['provenance']['world_size'] == 2 and meta['provenance']['steps'] == 6
+    Trainer(micro(tmp_path, squares, 'one', *settings)).run()
+    ddp, one = tmp_path / 'ddp', tmp_path / 'one'
+    # rank 0 alone writes: the same files as one process, one event log, each metrics row once
+    assert run_files(ddp) == run_files(one)
+    assert len(list((ddp / 'tb').iterdir())) == 1
+    assert [sorted(row) for row in metrics(ddp)] == [sorted(row) for row in metrics(one)]
+    assert [row['step'] for row in metrics(ddp)] == [row['step'] for row in metrics(one)]
+    _, meta = load_checkpoint(ddp / 'final')
+    _, alone = load_checkpoint(one / 'final')
+    assert meta['provenance']['world_size'] == 2 and alone['provenance']['world_size'] == 1
+    assert meta['provenance']['steps'] == alone['provenance']['steps'] == 6
+    assert meta['provenance']['dataset'] == alone['provenance']['dataset']  # the same clips, split alike
+    assert load_checkpoint(ddp / 'last')[1]['provenance']['steps'] == 6
