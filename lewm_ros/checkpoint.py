@@ -7,6 +7,8 @@ Layout::
       meta.json           format/version, model config, data conventions (image size, history,
                           frameskip, action bounds and normalisation), provenance, training config,
                           and the ``surprise`` calibration slot (null until ``lewm calibrate``)
+      controller.safetensors  optional: a goal-conditioned controller on this model's embeddings
+                          (``lewm train-controller``), described by ``meta['controller']``
 
 Loading parses JSON and raw tensor bytes only; it never unpickles. Every failure raises
 ``CheckpointError`` with a message that names the file and what to do about it.
@@ -34,6 +36,7 @@ FORMAT = 'lewm-checkpoint'
 FORMAT_VERSION = 1
 WEIGHTS_FILE = 'model.safetensors'
 META_FILE = 'meta.json'
+CONTROLLER_FILE = 'controller.safetensors'
 
 
 class CheckpointError(RuntimeError):
@@ -339,3 +342,72 @@ def load_checkpoint(
     model = LeWM(cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+def save_controller(path: str | os.PathLike, controller: Any,
+                    info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Store ``controller`` (a ``GoalController``) in the checkpoint at ``path``; returns its meta block.
+
+    The block records the world model's weight hash: a controller reads that model's embeddings
+    and means nothing for another one, so :func:`load_controller` refuses it after a retrain.
+    The weights are written under a temporary name and renamed; the meta block follows in one
+    atomic write (a crash in between leaves a file whose hash the old block does not match).
+    """
+    root = checkpoint_dir(path)
+    meta = read_metadata(root)
+    world = (meta.get('weights') or {}).get('sha256') or file_sha256(root / WEIGHTS_FILE)
+    tmp = root / (CONTROLLER_FILE + '.tmp')
+    state = {k: v.detach().float().cpu().contiguous() for k, v in controller.state_dict().items()}
+    safetensors_io.save_file(state, tmp, {'format': 'lewm-controller', 'format_version': '1'})
+    digest = file_sha256(tmp)
+    os.replace(tmp, root / CONTROLLER_FILE)
+    block = {'file': CONTROLLER_FILE, 'sha256': digest, 'world_model_sha256': world,
+             'config': controller.config.to_dict(), **(info or {})}
+    update_metadata(root, 'controller', block)
+    return block
+
+
+def load_controller(path: str | os.PathLike, meta: dict[str, Any] | None = None,
+                    device: str | torch.device = 'cpu') -> Any:
+    """The ``GoalController`` stored in the checkpoint at ``path`` (eval mode, on ``device``).
+
+    Raises ``CheckpointError`` when there is none (saying how to train one), when it was trained
+    for other world-model weights, or when its file is damaged.
+    """
+    from lewm_ros.planning.controller import ControllerConfig, GoalController
+
+    root = checkpoint_dir(path)
+    meta = read_metadata(root) if meta is None else meta
+    block = meta.get('controller')
+    weights_path = root / CONTROLLER_FILE
+    if not isinstance(block, dict) or not weights_path.is_file():
+        raise CheckpointError(
+            f'{root} has no controller ({CONTROLLER_FILE} and meta.json \'controller\'); train one with '
+            f'`lewm train-controller --checkpoint {root} --data EPISODES.h5`, or plan with a sampling solver')
+    world = (meta.get('weights') or {}).get('sha256')
+    if block.get('world_model_sha256') != world:
+        raise CheckpointError(
+            f'{weights_path} was trained for another world model (weights sha256 '
+            f'{str(block.get("world_model_sha256"))[:12]}..., this checkpoint has {str(world)[:12]}...): '
+            'its embeddings mean something else here. Retrain it with `lewm train-controller`.')
+    if file_sha256(weights_path) != block.get('sha256'):
+        raise CheckpointError(f"{weights_path} does not match the sha256 in meta.json 'controller'; the "
+                              'file was damaged or replaced. Retrain it with `lewm train-controller`.')
+    try:
+        config = ControllerConfig.from_dict(dict(block.get('config') or {}))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{root / META_FILE}: 'controller.config' is invalid: {err}") from err
+    model_cfg = meta.get('model_config') or {}
+    for key in ('embed_dim', 'action_dim', 'frameskip'):
+        if getattr(config, key) != meta.get(key, model_cfg.get(key)):
+            raise CheckpointError(f"{root / META_FILE}: 'controller.config.{key}' is {getattr(config, key)}, "
+                                  f'the world model has {meta.get(key, model_cfg.get(key))}')
+    controller = GoalController(config)
+    try:
+        state = safetensors_io.load_file(weights_path)
+        controller.load_state_dict(state)
+    except (safetensors_io.SafetensorsError, RuntimeError) as err:
+        raise CheckpointError(f'{weights_path} does not fit its controller config: {err}') from err
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        raise CheckpointError(f'{weights_path} holds NaN or infinite values')
+    return controller.to(device).eval()

@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                    'import rosbag recordings of a robot into an HDF5 episode file'),
     'view': ('training.data.view', 'render a task episode to a GIF/PNG contact sheet to look at'),
     'train': ('training.fit.train', 'train a LeWM world model from an HDF5 episode file'),
+    'train-controller': ('training.fit.controller',
+                         'train a goal-conditioned controller on a checkpoint\'s frozen embeddings'),
     'info': ('training.info', 'print what a checkpoint holds'),
     'probe': ('training.evaluation.probe', 'which state variables the embeddings encode (linear probe R²)'),
     'calibrate': ('training.evaluation.calibrate', 'calibrate the surprise threshold on normal episodes'),

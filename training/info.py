@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     lines += _planner_lines(meta)
+    lines.append(_controller_line(meta))
     print('\n'.join(lines))
     return 0
 
@@ -106,3 +107,17 @@ def _planner_lines(meta: dict) -> list[str]:
         lines.append(f'  measured   success {100 * measured["success_rate"]:.1f} % of {measured["episodes"]} '
                      f'episodes{ci} on {measured.get("env_id", "?")} (seed {measured.get("seed", "?")})')
     return lines
+
+
+def _controller_line(meta: dict) -> str:
+    """What goal-conditioned controller the checkpoint carries, and how it did on held-out episodes."""
+    block = meta.get('controller')
+    if not block:
+        return 'controller   none (lewm train-controller trains one for solver: controller and the hybrid)'
+    cfg, val, trained = block.get('config', {}), block.get('validation', {}), block.get('trained', {})
+    current = block.get('world_model_sha256') == (meta.get('weights') or {}).get('sha256')
+    return (f"controller   MLP {cfg.get('depth')} x {cfg.get('hidden')}, reads {cfg.get('history')} frames, "
+            f"plans {cfg.get('horizon')} blocks; {trained.get('steps', '?')} steps on "
+            f"{trained.get('episodes_train', '?')} episodes; held-out R² of the next block "
+            f"{val.get('r2_next_block', float('nan')):.2f}"
+            + ('' if current else '; TRAINED FOR OTHER WORLD-MODEL WEIGHTS: retrain it'))

@@ -55,7 +55,7 @@ from std_msgs.msg import Float32, Float64MultiArray, MultiArrayDimension  # noqa
 from std_srvs.srv import Trigger  # noqa: E402
 
 from lewm_ros.action_safety import ActionBounds, ActionGate, BoundsError  # noqa: E402
-from lewm_ros.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from lewm_ros.checkpoint import CheckpointError, load_checkpoint, load_controller  # noqa: E402
 from lewm_ros.device import resolve_device  # noqa: E402
 from lewm_ros.image_conversion import (  # noqa: E402
     ImageConversionError,
@@ -70,7 +70,7 @@ from lewm_ros.nodes.planner_params import PLANNER_PARAMS, PLANNER_SETTING_PARAMS
 from lewm_ros.planning.budget import PlanCost, fit_measured, fit_to_budget, measure_plan_cost  # noqa: E402
 from lewm_ros.planning.config import PlannerConfig  # noqa: E402
 from lewm_ros.planning.goal_metric import goal_metric_from_meta  # noqa: E402
-from lewm_ros.planning.planner import LatentPlanner  # noqa: E402
+from lewm_ros.planning.planner import LatentPlanner, needs_controller  # noqa: E402
 from lewm_ros.planning.settings import ResolvedSettings, resolve  # noqa: E402
 from lewm_ros.surprise import SurpriseReading  # noqa: E402
 
@@ -98,6 +98,14 @@ def resolve_planner_settings(meta: dict[str, Any], p: dict[str, Any]) -> Resolve
                 if p[name] != unset and not (isinstance(unset, float) and p[name] < 0)}
     base = PlannerConfig(threads=p['threads'], seed=p['seed'])
     return resolve(meta, p['planner_preset'] or None, explicit, explicit_source='parameter', base=base)
+
+
+def _solver_text(config: PlannerConfig) -> str:
+    """``icem 300x30``, ``controller``, ``icem 100x3 from the controller``."""
+    if config.solver == 'controller':
+        return 'controller (one forward pass)'
+    text = f'{config.solver} {config.samples}x{config.iterations}'
+    return text + (' from the controller' if config.proposal == 'controller' else '')
 
 
 def _nanoseconds(stamp: Any) -> int:
@@ -148,6 +156,7 @@ class PlannerNode(Node):
         self.gate = ActionGate(self.bounds, p['safe_action'])
         self._goal_metric = goal_metric_from_meta(self.meta, cfg.embed_dim)
         self.settings = resolve_planner_settings(self.meta, p)
+        self.controller = self._load_controller(p['checkpoint'], device)
         self.plan_cost: PlanCost = measure_plan_cost(self._planner(self.settings.config, self.bounds))
         planner, self.budget_note = self._fitted_planner(self.settings, self.bounds, p, timed=True)
         self.mpc = LatentMPC(planner, self._threshold(p['surprise_threshold']),
@@ -233,7 +242,19 @@ class PlannerNode(Node):
                                     p['action_low'], p['action_high'], p['allow_unbounded_actions'])
 
     def _planner(self, config: PlannerConfig, bounds: ActionBounds) -> LatentPlanner:
-        return LatentPlanner(self.model, config, bounds.low, bounds.high, self._goal_metric)
+        return LatentPlanner(self.model, config, bounds.low, bounds.high, self._goal_metric, self.controller)
+
+    def _load_controller(self, checkpoint: str, device: Any) -> Any:
+        """The checkpoint's controller: required when the settings use it, else loaded when present."""
+        if needs_controller(self.settings.config):
+            return load_controller(checkpoint, self.meta, device)  # raises, saying how to get one
+        if 'controller' not in self.meta:
+            return None
+        try:
+            return load_controller(checkpoint, self.meta, device)
+        except CheckpointError as err:  # unused now; a switch to it will be refused with this reason
+            self.get_logger().warning(f'the controller stored in the checkpoint cannot be used: {err}')
+            return None
 
     def plan_budget(self, p: dict[str, Any] | None = None) -> float:
         """Seconds a plan may take with parameters ``p`` (default: those in force)."""
@@ -261,7 +282,7 @@ class PlannerNode(Node):
         log = self.get_logger()
         log.info(f"loaded {p['checkpoint']} ({self.model.num_parameters() / 1e6:.1f} M parameters, "
                  f'{self.image_size} px, frameskip {cfg.frameskip}, history {cfg.history}) on {device}; '
-                 f'planning {planner.solver} {planner.samples}x{planner.iterations} in force, '
+                 f'planning {_solver_text(planner)} in force, '
                  f"{p['control_rate_hz']:g} Hz{' (frame driven)' if p['frame_driven'] else ''}; "
                  f'plan budget {self.plan_budget() * 1e3:.0f} ms (measured '
                  f'{self.plan_cost.seconds(planner.samples, planner.iterations) * 1e3:.0f} ms per plan); '
@@ -362,10 +383,13 @@ class PlannerNode(Node):
                 return problem
         merged = {**self.params, **_as_lists(changes)}
         try:
-            resolve_planner_settings(self.meta, merged)
+            settings = resolve_planner_settings(self.meta, merged)
             self._resolve_bounds(merged)
         except ValueError as err:  # BoundsError and PlannerSettingsError are ones
             return str(err)
+        if needs_controller(settings.config) and self.controller is None:
+            return (f"solver {settings.config.solver} with proposal {settings.config.proposal} needs the "
+                    "checkpoint's controller, and it has no usable one (`lewm train-controller`)")
         return None
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
@@ -726,7 +750,7 @@ class PlannerNode(Node):
             'plan_ms_median': round(pct(self.plan_times_ms, 50), 2),
             'plan_ms_p99': round(pct(self.plan_times_ms, 99), 2),
             'plan_budget_ms': round(self.plan_budget() * 1e3, 1),
-            'planner': (f'{planner.solver} {planner.samples}x{planner.iterations}, '
+            'planner': (f'{_solver_text(planner)}, '
                         f'horizon {planner.horizon}, replan every {planner.receding_horizon}, '
                         f'{planner.goal_cost} {planner.goal_metric} cost'),
             'frame_age_ms_median': round(pct(self.frame_ages_ms, 50), 2),

@@ -6,11 +6,13 @@ from lewm_ros.action_safety import SAFE_ACTIONS
 from lewm_ros.nodes.action_messages import ACTION_TYPES
 from lewm_ros.nodes.parameter_specs import ParamSpec
 
-SOLVERS = ('cem', 'icem', 'mppi')  # = lewm_ros.planning.config.SOLVERS, which would import torch here
-PRESETS = ('paper', 'recommended')  # = lewm_ros.planning.settings.PRESETS
+SOLVERS = ('cem', 'icem', 'mppi', 'controller')  # = lewm_ros.planning.config.SOLVERS (that imports torch)
+PROPOSALS = ('none', 'controller')  # = lewm_ros.planning.config.PROPOSALS
+PRESETS = ('paper', 'recommended', 'controller', 'hybrid')  # = lewm_ros.planning.settings.PRESETS
 # node parameter -> PlannerConfig field, and the value that means "not set: the checkpoint's"
 PLANNER_SETTING_PARAMS = {
-    'solver': ('solver', ''), 'samples': ('samples', 0), 'iterations': ('iterations', 0),
+    'solver': ('solver', ''), 'proposal': ('proposal', ''), 'controller_ahead': ('controller_ahead', 0),
+    'samples': ('samples', 0), 'iterations': ('iterations', 0),
     'elites': ('elites', 0), 'icem_white_fraction': ('icem_white_fraction', -1.0),
     'goal_cost': ('goal_cost', ''), 'goal_metric': ('goal_metric', ''), 'horizon': ('horizon', 0),
     'replan_every': ('receding_horizon', 0),
@@ -54,10 +56,17 @@ PLANNER_PARAMS = (
     # else our recommended ones (lewm_ros/planning/settings.py); the start-up log says which is which.
     ParamSpec('planner_preset', '', "named planner settings instead of the checkpoint's: paper = the "
               "reference CEM (300 x 30, final goal cost, euclidean, whole plan executed); recommended = "
-              "our defaults; '' = the checkpoint's. Single parameters below override it",
+              "our defaults; controller / hybrid: the checkpoint's controller alone / refined by iCEM; "
+              "'' = the checkpoint's. Single parameters below override it",
               choices=('', *PRESETS)),
-    ParamSpec('solver', '', "sampling-based planner in latent space; '' = the checkpoint's",
+    ParamSpec('solver', '', "sampling-based planner in latent space, or controller: the checkpoint's "
+              "goal-conditioned controller, one forward pass per plan; '' = the checkpoint's",
               choices=('', *SOLVERS)),
+    ParamSpec('proposal', '', "controller: a sampling solver starts from the controller's plan and never "
+              "returns a costlier one (the hybrid); none: from the last plan; '' = the checkpoint's",
+              read_only=False, choices=('', *PROPOSALS)),
+    ParamSpec('controller_ahead', 0, "blocks to the goal the controller is told (small: decisive); 0 = the "
+              "checkpoint's", read_only=False, low=0, high=1000),
     ParamSpec('samples', 0, "candidate action sequences per iteration; 0 = the checkpoint's",
               read_only=False, low=0, high=100000),
     ParamSpec('iterations', 0, "solver iterations per plan; 0 = the checkpoint's", read_only=False,

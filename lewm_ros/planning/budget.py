@@ -53,7 +53,8 @@ def time_plan(planner: Any, samples: int, iterations: int, repeats: int = 2) -> 
     config = planner.config.replace(samples=samples, iterations=iterations,
                                     elites=min(planner.config.elites, samples // 2),
                                     warm_start=False, goal_metric='euclidean')
-    probe = LatentPlanner(planner.model, config, planner.action_low.cpu(), planner.action_high.cpu())
+    probe = LatentPlanner(planner.model, config, planner.action_low.cpu(), planner.action_high.cpu(),
+                          controller=planner.controller)
     inputs = _probe_inputs(planner)
     best = math.inf
     for _ in range(repeats + 1):  # the first is a warm-up
@@ -116,7 +117,7 @@ def fit_to_budget(config: PlannerConfig, cost: PlanCost, budget: float) -> tuple
     fit and what was done, or None when the whole plan fits.
     """
     estimate = cost.seconds(config.samples, config.iterations)
-    if estimate <= budget:
+    if estimate <= budget or config.solver == 'controller':  # no population to cap
         return config, None
     samples, elites = config.samples, config.elites
     note = (f'plan budget {budget * 1e3:.0f} ms: {config.samples} samples x {config.iterations} iterations '

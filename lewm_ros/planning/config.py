@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-SOLVERS = ('cem', 'icem', 'mppi')
+SOLVERS = ('cem', 'icem', 'mppi', 'controller')
+PROPOSALS = ('none', 'controller')
 GOAL_COSTS = ('final', 'mean')
 GOAL_METRICS = ('euclidean', 'whitened')
 ROLLOUTS = ('cached', 'naive')
@@ -27,7 +28,14 @@ class PlannerConfig:
     on: candidates clamped to the action bounds, full trained history, warm start, batched envs.
     """
 
+    # 'controller': no search, the checkpoint's goal-conditioned controller in one forward pass
     solver: str = 'cem'
+    # 'controller': a sampling solver starts from the controller's sequence instead of the warm
+    # start, and the controller's sequence wins if the search finds nothing cheaper (the hybrid)
+    proposal: str = 'none'
+    # the controller's remaining-steps input (blocks to the goal). Its training goals lie 1 ..
+    # max_steps_ahead blocks on; told the goal is near, it acts decisively (docs/planning.md)
+    controller_ahead: int = 1
     samples: int = 300
     iterations: int = 30
     elites: int = 30
@@ -75,7 +83,7 @@ class PlannerConfig:
         problems = []
         if self.solver not in SOLVERS:
             problems.append(f'solver must be one of {SOLVERS}, got {self.solver!r}')
-        for name in ('samples', 'iterations', 'elites', 'horizon', 'receding_horizon'):
+        for name in ('samples', 'iterations', 'elites', 'horizon', 'receding_horizon', 'controller_ahead'):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f'{name} must be a positive integer, got {value!r}')
@@ -88,6 +96,8 @@ class PlannerConfig:
                 problems.append(
                     f'receding_horizon ({self.receding_horizon}) cannot exceed horizon ({self.horizon})'
                 )
+        if self.proposal not in PROPOSALS:
+            problems.append(f'proposal must be one of {PROPOSALS}, got {self.proposal!r}')
         if self.goal_cost not in GOAL_COSTS:
             problems.append(f'goal_cost must be one of {GOAL_COSTS}, got {self.goal_cost!r}')
         if self.goal_metric not in GOAL_METRICS:

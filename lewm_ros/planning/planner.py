@@ -28,12 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from lewm_ros.checkpoint import load_controller
 from lewm_ros.device import resolve_device, usable_cores
 from lewm_ros.model import LeWM, ModelConfig, resize_pixels
 from lewm_ros.planning.config import PlannerConfig
+from lewm_ros.planning.controller import GoalController
 from lewm_ros.planning.goal_metric import NOT_CALIBRATED, goal_metric_from_meta
 from lewm_ros.planning.rollout import CachedRollout, NaiveRollout
 from lewm_ros.planning.solver import make_solver
+
+
+def needs_controller(config: PlannerConfig) -> bool:
+    """Whether ``config`` plans with the checkpoint's goal-conditioned controller."""
+    return config.solver == 'controller' or config.proposal == 'controller'
+
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float64': torch.float64}
 
@@ -76,7 +84,11 @@ def resolve_threads(requested: int, candidates: int, model_config: ModelConfig) 
 
 @dataclass
 class PlanResult:
-    """One plan per environment, in env units (``cost`` is the squared embedding distance to the goal)."""
+    """One plan per environment, in env units.
+
+    ``cost`` is the plan's goal cost under the world model (the squared embedding distance to the
+    goal the solver minimised); NaN for ``solver: controller``, which never consults the world model.
+    """
 
     action_block: torch.Tensor
     sequence: torch.Tensor
@@ -121,6 +133,8 @@ class LatentPlanner:
             ``None`` leaves that side unbounded.
         goal_metric: whitening matrix (D, D) for ``config.goal_metric = 'whitened'`` (from
             ``lewm calibrate``; ``from_checkpoint`` reads it from the checkpoint).
+        controller: the checkpoint's ``GoalController``, needed by ``solver: controller`` and
+            ``proposal: controller`` (``from_checkpoint`` loads it when the config asks for it).
 
     """
 
@@ -131,6 +145,7 @@ class LatentPlanner:
         action_low: Sequence[float] | torch.Tensor | None = None,
         action_high: Sequence[float] | torch.Tensor | None = None,
         goal_metric: torch.Tensor | None = None,
+        controller: GoalController | None = None,
     ) -> None:
         self.config = config or PlannerConfig()
         self.model = model.eval()
@@ -178,7 +193,8 @@ class LatentPlanner:
             self.metric = torch.as_tensor(goal_metric).to(self.device, self.dtype)
         self._action_dtype = next(model.action_encoder.parameters()).dtype
         self._encoder_dtype = next(model.encoder.parameters()).dtype
-        self.solver = make_solver(self.config)
+        self.controller = self._checked_controller(controller)
+        self.solver = None if self.config.solver == 'controller' else make_solver(self.config)
         rollout_cls = CachedRollout if self.config.rollout == 'cached' else NaiveRollout
         self.rollout_dtype = resolve_dtype(self.config.dtype, self.device)
         self.rollout = rollout_cls(model.predictor, self.rollout_dtype)
@@ -192,9 +208,24 @@ class LatentPlanner:
         from lewm_ros.checkpoint import load_checkpoint
 
         config = config or PlannerConfig()
-        model, meta = load_checkpoint(path, resolve_device(config.device))
+        device = resolve_device(config.device)
+        model, meta = load_checkpoint(path, device)
         metric = goal_metric_from_meta(meta, model.config.embed_dim)
-        return cls(model, config, meta.get('action_low'), meta.get('action_high'), metric)
+        controller = load_controller(path, meta, device) if needs_controller(config) else None
+        return cls(model, config, meta.get('action_low'), meta.get('action_high'), metric, controller)
+
+    def _checked_controller(self, controller: GoalController | None) -> GoalController | None:
+        if not needs_controller(self.config):
+            return controller
+        if controller is None:
+            raise ValueError(f'solver {self.config.solver!r} with proposal {self.config.proposal!r} needs '
+                             "the checkpoint's controller; train one with `lewm train-controller`")
+        c, mc = controller.config, self.model.config
+        if (c.embed_dim, c.action_dim, c.frameskip) != (mc.embed_dim, mc.action_dim, mc.frameskip):
+            raise ValueError(f'the controller reads {c.embed_dim}-d embeddings and writes {c.frameskip} x '
+                             f'{c.action_dim} blocks; the model has {mc.embed_dim}, '
+                             f'{mc.frameskip} x {mc.action_dim}')
+        return controller.to(self.device).eval()
 
     def _maybe_compile(self, fn):
         cfg = self.config
@@ -281,15 +312,13 @@ class LatentPlanner:
         t_start = time.perf_counter()
         cfg = self.config
         self._set_threads(len(frames) * cfg.samples)
-        B, goal_z = self._prepare(frames, executed_actions, goal)
+        B, goal_z = self._prepare(frames, executed_actions, goal, rollout=self.solver is not None)
         ids = list(range(B)) if env_ids is None else [int(i) for i in env_ids]
         if len(ids) != B or len(set(ids)) != B:
             raise ValueError(f'env_ids must name {B} distinct slots, got {ids}')
         self._sync()
         t_encoded = time.perf_counter()
 
-        mean = self._initial_mean(ids, cfg.receding_horizon if executed_blocks is None else executed_blocks)
-        std = torch.full_like(mean, cfg.init_std)
         rollout_time = [0.0]
 
         def cost_fn(candidates: torch.Tensor) -> torch.Tensor:
@@ -299,13 +328,30 @@ class LatentPlanner:
             rollout_time[0] += time.perf_counter() - t0
             return cost
 
-        result = self.solver.solve(
-            cost_fn, mean, std, self.low_norm, self.high_norm, [self._generator(i) for i in ids], deadline
-        )
+        proposal = self._proposal(goal_z) if self.controller is not None else None
+        if self.solver is None:  # solver: controller, one forward pass and no world-model rollout
+            actions, evaluations = proposal, 0
+            cost = torch.full((B,), float('nan'), device=self.device, dtype=self.dtype)
+        else:
+            if proposal is not None:
+                mean = proposal.clone()
+            else:
+                shift = cfg.receding_horizon if executed_blocks is None else executed_blocks
+                mean = self._initial_mean(ids, shift)
+            std = torch.full_like(mean, cfg.init_std)
+            result = self.solver.solve(
+                cost_fn, mean, std, self.low_norm, self.high_norm, [self._generator(i) for i in ids], deadline
+            )
+            actions, cost, evaluations = result.actions, result.cost.to(self.dtype), result.evaluations
+            if proposal is not None:  # the hybrid never returns a plan worse than its proposal
+                proposal_cost = cost_fn(proposal.unsqueeze(1))[:, 0].to(self.dtype)
+                keep = proposal_cost < cost
+                actions = torch.where(keep[:, None, None, None], proposal, actions)
+                cost, evaluations = torch.minimum(cost, proposal_cost), evaluations + 1
         if cfg.warm_start:
             for row, i in enumerate(ids):
-                self._plans[i] = result.actions[row].clone()
-        sequence = self.model.denormalize_actions(result.actions)
+                self._plans[i] = actions[row].clone()
+        sequence = self.model.denormalize_actions(actions)
         sequence = torch.clamp(sequence, min=self.action_low, max=self.action_high)
         self._sync()
         t_end = time.perf_counter()
@@ -318,10 +364,10 @@ class LatentPlanner:
         return PlanResult(
             action_block=sequence[:, 0],
             sequence=sequence,
-            cost=result.cost,
+            cost=cost,
             timing=timing,
             receding_horizon=cfg.receding_horizon,
-            evaluations=result.evaluations,
+            evaluations=evaluations,
         )
 
     @torch.no_grad()
@@ -342,8 +388,9 @@ class LatentPlanner:
         norm = self.model.normalize_actions(torch.clamp(seq, min=self.action_low, max=self.action_high))
         return self._costs(norm, goal_z)
 
-    def _prepare(self, frames: Any, executed_actions: Any | None, goal: Any) -> tuple[int, torch.Tensor]:
-        """Encode frames and goal, cache the rollout context; returns (B, goal embeddings)."""
+    def _prepare(self, frames: Any, executed_actions: Any | None, goal: Any,
+                 rollout: bool = True) -> tuple[int, torch.Tensor]:
+        """Encode frames and goal, cache the rollout context (if ``rollout``); returns (B, goal embedding)."""
         fs, A = self.frameskip, self.action_dim
         x = _as_tensor(frames, self.device)
         embedded = x.is_floating_point() and x.dim() == 3
@@ -361,9 +408,21 @@ class LatentPlanner:
             x, acts, T = x[:, -self.history :], acts[:, T - self.history :], self.history
         z_obs = x.to(self._encoder_dtype) if embedded else self.model.encode(x)
         goal_z = self._goal_embedding(goal, B)
-        obs_emb = self._embed_actions(self.model.normalize_actions(acts.reshape(B, T - 1, fs * A)))
-        self.rollout.prepare(z_obs, obs_emb, self.config.horizon)
+        blocks_norm = self.model.normalize_actions(acts.reshape(B, T - 1, fs * A))
+        if rollout:
+            self.rollout.prepare(z_obs, self._embed_actions(blocks_norm), self.config.horizon)
+        self._context = (z_obs, blocks_norm)
         return B, goal_z
+
+    def _proposal(self, goal_z: torch.Tensor) -> torch.Tensor:
+        """The controller's plan (B, horizon, fs, A) for the prepared frames: normalised, inside the box."""
+        z_obs, blocks_norm = self._context
+        controller, horizon = self.controller, self.config.horizon
+        steps = min(self.config.controller_ahead, controller.config.max_steps_ahead)
+        out = controller(z_obs.float(), blocks_norm.float(), goal_z.float(), steps).to(self.dtype)
+        if out.shape[1] < horizon:  # a controller trained for shorter plans: the data mean after them
+            out = torch.cat([out, out.new_zeros(out.shape[0], horizon - out.shape[1], *out.shape[2:])], dim=1)
+        return torch.clamp(out[:, :horizon], min=self.low_norm, max=self.high_norm)
 
     def _costs(self, candidates: torch.Tensor, goal_z: torch.Tensor) -> torch.Tensor:
         """Normalised candidates (B, N, horizon, fs, A) -> squared distance to the goal (B, N).

@@ -29,19 +29,25 @@ from lewm_ros.planning.goal_metric import NOT_CALIBRATED
 META_KEY = 'planner'
 # The settings a checkpoint may carry: what decides plan quality for a model, not where it runs
 # (device, dtype, threads, compile belong to the machine, seed to the run).
-STORED_KEYS = ('solver', 'samples', 'iterations', 'elites', 'horizon', 'receding_horizon',
-               'icem_white_fraction', 'goal_cost', 'goal_metric', 'init_std')
+STORED_KEYS = ('solver', 'proposal', 'controller_ahead', 'samples', 'iterations', 'elites', 'horizon',
+               'receding_horizon', 'icem_white_fraction', 'goal_cost', 'goal_metric', 'init_std')
 
 RECOMMENDED: dict[str, Any] = {
-    'solver': 'icem', 'samples': 300, 'iterations': 30, 'elites': 30, 'horizon': 5,
-    'receding_horizon': 1, 'icem_white_fraction': 0.5, 'goal_cost': 'mean', 'goal_metric': 'whitened',
+    'solver': 'icem', 'proposal': 'none', 'controller_ahead': 1, 'samples': 300, 'iterations': 30,
+    'elites': 30, 'horizon': 5, 'receding_horizon': 1, 'icem_white_fraction': 0.5, 'goal_cost': 'mean',
+    'goal_metric': 'whitened', 'init_std': 1.0,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # the reference implementation's CEM, re-planning after the whole 5-block plan
-    'paper': {'solver': 'cem', 'samples': 300, 'iterations': 30, 'elites': 30, 'horizon': 5,
-              'receding_horizon': 5, 'icem_white_fraction': 0.0, 'goal_cost': 'final',
+    'paper': {'solver': 'cem', 'proposal': 'none', 'samples': 300, 'iterations': 30, 'elites': 30,
+              'horizon': 5, 'receding_horizon': 5, 'icem_white_fraction': 0.0, 'goal_cost': 'final',
               'goal_metric': 'euclidean', 'init_std': 1.0},
     'recommended': dict(RECOMMENDED),
+    # the checkpoint's goal-conditioned controller alone: one forward pass per decision
+    'controller': {'solver': 'controller', 'proposal': 'none', 'horizon': 5, 'receding_horizon': 1},
+    # iCEM started from the controller's plan: a few small iterations refine it (docs/planning.md)
+    'hybrid': {**RECOMMENDED, 'proposal': 'controller', 'samples': 100, 'iterations': 3, 'elites': 10,
+               'init_std': 0.5},
 }
 
 

@@ -27,8 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--elites', type=int, default=None, help='CEM elites (default: as --samples)')
     parser.add_argument('--horizon', type=int, default=None,
                         help='plan length in action blocks (default: as --samples)')
-    parser.add_argument('--solver', default=None, choices=('cem', 'icem', 'mppi'),
-                        help='default: as --samples')
+    parser.add_argument('--solver', default=None, choices=('cem', 'icem', 'mppi', 'controller'),
+                        help="default: as --samples (controller: the checkpoint's; with --preset random)")
+    parser.add_argument('--proposal', default=None, choices=('none', 'controller'),
+                        help='controller: the solver starts from the controller\'s plan (the hybrid)')
+    parser.add_argument('--planner-preset', default=None,
+                        help='named planner settings (paper, recommended, controller, hybrid) over the '
+                        "checkpoint's, or over the paper's CEM with --preset")
+    parser.add_argument('--from-embeddings', action='store_true',
+                        help='plan from frame embeddings, as the node does (it encodes each frame once, on '
+                        'arrival); the encoding of one frame is timed apart and added per decision')
     parser.add_argument('--envs', type=int, default=1, help='environments planned in one batch (default: 1)')
     parser.add_argument(
         '--history-frames', type=int, default=None,
@@ -160,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
     from lewm_ros.device import resolve_device
     from lewm_ros.model import LeWM, ModelConfig
     from lewm_ros.planning import LatentPlanner, settings
+    from lewm_ros.planning.controller import ControllerConfig, GoalController
+    from lewm_ros.planning.planner import needs_controller
 
     for name in ('samples', 'iters', 'horizon', 'envs', 'plans'):
         if (getattr(args, name) or 1) < 1:
@@ -168,13 +178,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit('--threads must be >= 0 (0: the planner chooses)')
     device = resolve_device(args.device)
     chosen = {'solver': args.solver, 'samples': args.samples, 'iterations': args.iters,
-              'elites': args.elites, 'horizon': args.horizon}
+              'elites': args.elites, 'horizon': args.horizon, 'proposal': args.proposal}
     explicit = {k: v for k, v in chosen.items() if v is not None}
     explicit.update(dtype=args.dtype, rollout=args.rollout, compile=args.compile,
                     cuda_graphs=args.cuda_graphs, device=str(device), threads=args.threads, seed=args.seed)
     try:  # a checkpoint plans with its own settings; random weights are timed with the paper's CEM
         meta = read_metadata(args.checkpoint) if args.checkpoint else {}
-        config = settings.resolve(meta, None if args.checkpoint else 'paper', explicit, 'flag').config
+        base = None if args.checkpoint else settings.resolve({}, 'paper').config
+        preset = args.planner_preset or (None if args.checkpoint else 'paper')
+        config = settings.resolve(meta, preset, explicit, 'flag', base=base).config
     except ValueError as err:
         raise SystemExit(f'lewm bench plan: {err}') from err
     torch.manual_seed(args.seed)
@@ -186,7 +198,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = ModelConfig.from_preset(args.preset, action_dim=args.action_dim)
         model = LeWM(cfg).to(device).eval()
-        planner = LatentPlanner(model, config, [-1.0] * cfg.action_dim, [1.0] * cfg.action_dim)
+        controller = None
+        if needs_controller(config):  # the size `lewm train-controller` trains by default
+            controller = GoalController(ControllerConfig(cfg.embed_dim, cfg.action_dim, cfg.frameskip))
+        planner = LatentPlanner(model, config, [-1.0] * cfg.action_dim, [1.0] * cfg.action_dim,
+                                controller=controller)
         weights = 'random weights: timing only'
     mc = planner.model.config
     frames_per_plan = args.history_frames or mc.history
@@ -197,6 +213,14 @@ def run(args: argparse.Namespace) -> int:
     frames = rng.integers(0, 256, (E, T, S, S, 3), dtype=np.uint8)
     actions = rng.uniform(-1, 1, (E, T - 1, mc.frameskip, mc.action_dim)).astype(np.float32)
     goal = rng.integers(0, 256, (E, S, S, 3), dtype=np.uint8)
+    encode_one_ms = None
+    if args.from_embeddings:  # the node encodes each frame once, on arrival, and plans from embeddings
+        pixels = torch.from_numpy(frames[:, -1:]).to(device)
+        timed = _timed(lambda: planner.model.encode(pixels), args.plans + args.warmup)
+        encode_one_ms = statistics.median(timed)
+        with torch.no_grad():
+            frames = planner.model.encode(torch.from_numpy(frames).to(device)).float()
+            goal = planner.encode_goal(goal)
 
     for _ in range(args.warmup):
         planner.plan(frames, actions if T > 1 else None, goal)
@@ -214,10 +238,13 @@ def run(args: argparse.Namespace) -> int:
         'min': min(totals),
         'max': max(totals),
         **{key: statistics.median(values) for key, values in parts.items()},
+        'encode_one_frame_ms': encode_one_ms,
+        'decision_ms': None if encode_one_ms is None else encode_one_ms + statistics.median(totals),
         'weights': weights,
         'preset': args.preset,
         'checkpoint': args.checkpoint,
         'solver': config.solver,
+        'proposal': config.proposal,
         'samples': config.samples,
         'iterations': config.iterations,
         'elites': config.elites,
@@ -239,13 +266,32 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         source = args.preset or args.checkpoint
+        search = ('controller (one forward pass)' if config.solver == 'controller' else
+                  f'{config.solver} {config.samples} x {config.iterations}'
+                  + (' from the controller' if config.proposal == 'controller' else ''))
         print(
-            f'plan {source} ({weights}): {config.solver} {config.samples} x {config.iterations}, '
+            f'plan {source} ({weights}): {search}, '
             f'H={config.horizon}, '
             f'{E} env(s), {T} frame(s) of history, {args.rollout} rollout, {summary["dtype"]}, on {device} '
             f'({summary["threads"]} threads)\n'
             f'  median {summary["median"]:.1f} ms/plan (min {summary["min"]:.1f}, max {summary["max"]:.1f}); '
             f'encode {summary["encode_ms"]:.1f}, rollout {summary["rollout_ms"]:.1f}, '
             f'solver {summary["solver_ms"]:.1f} ms'
+            + ('' if encode_one_ms is None else
+               f'\n  per decision as in the node: {summary["decision_ms"]:.1f} ms (encode the new frame '
+               f'{encode_one_ms:.1f} ms + plan from embeddings)')
         )
     return 0
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``fn`` (no gradients), the first dropped as warm-up."""
+    import torch
+
+    times = []
+    with torch.no_grad():
+        for _ in range(max(2, repeats)):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+    return times[1:]

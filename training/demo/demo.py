@@ -43,6 +43,9 @@ def _recipe(env_id: str, stem: str, img_size: int, collect: tuple[str, ...], tra
         ('lewm', 'calibrate', '--checkpoint', '{ckpt}', '--data', calib, '--closed-loop', '0'),
         ('lewm', 'tune', '--checkpoint', '{ckpt}'),
         ('lewm', 'calibrate', '--checkpoint', '{ckpt}', '--data', calib, '--quantile', quantile),
+        # last: the stored planner stays the tuned search; the controller and the hybrid are a
+        # planner_preset away (docs/planning.md, "The controller")
+        ('lewm', 'train-controller', '--checkpoint', '{ckpt}', '--data', data, '--log-dir', ''),
     )
 
 

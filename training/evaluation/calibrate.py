@@ -158,8 +158,10 @@ def closed_loop_calibration(args: argparse.Namespace, model, meta: dict, phases:
     import numpy as np
     import torch
 
+    from lewm_ros.checkpoint import load_controller
     from lewm_ros.planning import LatentPlanner, settings
     from lewm_ros.planning.goal_metric import goal_metric_from_meta
+    from lewm_ros.planning.planner import needs_controller
     from lewm_ros.surprise import calibrate, encode_frames, surprise_scores
     from training.evaluation.evaluate import run_episodes
 
@@ -169,8 +171,9 @@ def closed_loop_calibration(args: argparse.Namespace, model, meta: dict, phases:
         return None
     device = str(next(model.parameters()).device)
     config = settings.resolve(meta, explicit={'device': device, 'seed': args.closed_loop_seed}).config
+    controller = load_controller(args.checkpoint, meta, device) if needs_controller(config) else None
     planner = LatentPlanner(model, config, meta.get('action_low'), meta.get('action_high'),
-                            goal_metric_from_meta(meta, model.config.embed_dim))
+                            goal_metric_from_meta(meta, model.config.embed_dim), controller)
     # the whole budget: the frames of a planner holding at its goal are normal frames too
     results = run_episodes(planner, env_id, args.closed_loop, 10, args.closed_loop_seed, record=True,
                            desc='calibrate closed loop', stop_at_success=False)

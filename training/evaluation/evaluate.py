@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='seed of starts, goals and planner (default: 0)')
     parser.add_argument('--json', dest='json_out', default=None, help='write the results to this JSON file')
     parser.add_argument('--plot', default=None, help='write a PNG (success + plan-time histogram)')
+    parser.add_argument(
+        '--compare', nargs='+', default=None, metavar='NAME',
+        help='play the same episodes with each of these planner candidates (names of `lewm tune`, e.g. '
+        'recommended controller hybrid) and print them side by side, plan time as a ratio to the first',
+    )  # fmt: skip
     parser.epilog = (
         "Planner settings: the checkpoint's (written by `lewm tune`), else our recommended ones; "
         '--planner-preset and single flags override them. `lewm info CKPT` shows which are stored.'
@@ -66,7 +71,12 @@ def add_planner_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--planner-config', default=None, help="YAML with planner settings (a 'planner:' section)"
     )
-    parser.add_argument('--solver', choices=('cem', 'icem', 'mppi'), default=None, help='override the solver')
+    parser.add_argument('--solver', choices=('cem', 'icem', 'mppi', 'controller'), default=None,
+                        help="override the solver (controller: the checkpoint's, no search)")
+    parser.add_argument('--proposal', choices=('none', 'controller'), default=None,
+                        help="controller: the solver starts from the checkpoint's controller (the hybrid)")
+    parser.add_argument('--controller-ahead', type=int, default=None,
+                        help='blocks to the goal the controller is told (default: 1)')
     parser.add_argument('--samples', type=int, default=None, help='override candidates per iteration')
     parser.add_argument('--iters', type=int, default=None, help='override solver iterations')
     parser.add_argument('--elites', type=int, default=None, help='override CEM elites')
@@ -100,7 +110,8 @@ def add_planner_arguments(parser: argparse.ArgumentParser) -> None:
 
 # flag (argparse dest) -> PlannerConfig field
 PLANNER_FLAGS = (
-    ('solver', 'solver'), ('samples', 'samples'), ('iters', 'iterations'), ('elites', 'elites'),
+    ('solver', 'solver'), ('proposal', 'proposal'), ('controller_ahead', 'controller_ahead'),
+    ('samples', 'samples'), ('iters', 'iterations'), ('elites', 'elites'),
     ('horizon', 'horizon'), ('replan_every', 'receding_horizon'), ('dtype', 'dtype'),
     ('threads', 'threads'), ('icem_white_fraction', 'icem_white_fraction'), ('goal_cost', 'goal_cost'),
     ('goal_metric', 'goal_metric'),
@@ -335,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
             f'--env must be one of {", ".join(ENV_IDS)} (the checkpoint says {meta.get("env_id")!r})'
         )
     device = resolve_device(args.device)
+    if args.compare:
+        return compare(args, env_id, str(device))
     try:
         resolved = planner_settings_from_args(args, meta, str(device))
         config = resolved.config
@@ -380,3 +393,73 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot_results(args.plot, summary, plan_ms)
     return 0
+
+
+def compare(args: argparse.Namespace, env_id: str, device: str) -> int:
+    """``--compare``: every candidate on the same episodes and seeds, one table, ratios from this one run."""
+    import numpy as np
+
+    from lewm_ros.checkpoint import load_checkpoint, load_controller
+    from lewm_ros.planning import LatentPlanner
+    from lewm_ros.planning.goal_metric import goal_metric_from_meta
+    from lewm_ros.planning.planner import needs_controller
+    from training.evaluation.tune import GRID, candidate_config
+
+    unknown = [name for name in args.compare if name not in GRID]
+    if unknown:
+        raise SystemExit(f'--compare: unknown candidate(s) {unknown}; known: {list(GRID)}')
+    model, meta = load_checkpoint(args.checkpoint, device)
+    metric = goal_metric_from_meta(meta, model.config.embed_dim)
+    rows = []
+    for name in args.compare:
+        config = candidate_config(name, meta, {'device': device, 'seed': args.seed})
+        controller = load_controller(args.checkpoint, meta, device) if needs_controller(config) else None
+        planner = LatentPlanner(model, config, meta.get('action_low'), meta.get('action_high'), metric,
+                                controller)
+        results = run_episodes(planner, env_id, args.episodes, args.envs, args.seed, args.budget,
+                               args.goal_ahead, args.data, desc=name)
+        search = [(t['total_ms'] - t['encode_ms']) / t['envs'] for t in results.timings]
+        rows.append({'name': name, 'planner': config.to_dict(), **results.summary(),
+                     'search_ms_per_env_median': float(np.median(search)),
+                     'success_per_episode': [bool(s) for s in results.successes]})
+    base, base_search = rows[0]['plan_ms_per_env_median'], rows[0]['search_ms_per_env_median']
+    print(f'{env_id}, {args.episodes} episodes, seed {args.seed}, {args.envs} envs per batch, on {device}; '
+          'ms per env and plan (median), all of it and without encoding the frames, and as a ratio to the '
+          'first candidate:')
+    print(f"  {'candidate':<18} {'success':>22} {'plan ms':>9} {'ratio':>8} {'search ms':>10} {'ratio':>8}")
+    for row in rows:
+        lo, hi = row['success_ci95']
+        ms, search = row['plan_ms_per_env_median'], row['search_ms_per_env_median']
+        print(f"  {row['name']:<18} {100 * row['success_rate']:5.1f} % ({100 * lo:4.1f}-{100 * hi:5.1f} %) "
+              f'{ms:9.1f} {ms / base:8.3f} {search:10.2f} {search / base_search:8.4f}')
+    if args.json_out:
+        write_json(args.json_out, {'env_id': env_id, 'checkpoint': str(args.checkpoint), 'seed': args.seed,
+                                   'episodes': args.episodes, 'envs_per_batch': min(args.envs, args.episodes),
+                                   'budget_steps': args.budget, 'device': device, 'candidates': rows})
+    if args.plot:
+        plot_comparison(args.plot, env_id, rows)
+    return 0
+
+
+def plot_comparison(path: str, env_id: str, rows: list[dict[str, Any]]) -> None:
+    """Success (95 % interval) and plan time per candidate, side by side."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = [row['name'] for row in rows]
+    rate = [100 * row['success_rate'] for row in rows]
+    err = [[100 * row['success_rate'] - 100 * row['success_ci95'][0] for row in rows],
+           [100 * row['success_ci95'][1] - 100 * row['success_rate'] for row in rows]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.bar(names, rate, yerr=err, capsize=6, color='tab:green')
+    ax1.set_ylim(0, 100)
+    ax1.set_ylabel('success (%)')
+    ax1.set_title(f'{env_id.split("/")[-1]}: {rows[0]["episodes"]} episodes each')
+    ax2.bar(names, [row['plan_ms_per_env_median'] for row in rows], color='tab:blue')
+    ax2.set_yscale('log')
+    ax2.set_ylabel('ms per env and plan (median)')
+    for ax in (ax1, ax2):
+        ax.tick_params(axis='x', rotation=20)
+    save_figure(fig, path)

@@ -2,7 +2,8 @@
 
 Each candidate of a small grid plays the same held-out episodes (``lewm eval``'s protocol, with a
 seed apart from the evaluation seeds); the one with the highest success wins, the cheaper one
-(samples x iterations) on a tie. The winner goes into ``meta['planner']`` with the success it
+(sequences scored per plan) on a tie. Checkpoints with a controller also try it, alone and as
+the hybrid's proposal. The winner goes into ``meta['planner']`` with the success it
 measured and the whole grid, and from then on the planner node, ``lewm eval``, ``lewm demo`` and
 ``lewm bench plan --checkpoint`` use it unless told otherwise.
 
@@ -22,7 +23,34 @@ GRID: dict[str, dict[str, Any]] = {
     'recommended': {},
     'recommended-600': {'samples': 600},
     'recommended-cem': {'solver': 'cem', 'icem_white_fraction': 0.0},
+    # with the checkpoint's controller (`lewm train-controller`); tried only where there is one
+    'controller': {'preset': 'controller'},
+    'controller-ahead3': {'preset': 'controller', 'controller_ahead': 3},
+    'hybrid': {'preset': 'hybrid'},
+    'hybrid-300': {'preset': 'hybrid', 'samples': 300},
 }
+CONTROLLER_CANDIDATES = ('controller', 'controller-ahead3', 'hybrid', 'hybrid-300')
+
+
+def candidate_config(name: str, meta: dict[str, Any], machine: dict[str, Any]) -> Any:
+    """The PlannerConfig of grid candidate ``name``, over our defaults (not over settings stored earlier)."""
+    from lewm_ros.planning import settings
+
+    changes = dict(GRID[name])
+    preset = changes.pop('preset', None)
+    return settings.resolve({**meta, 'planner': None}, preset, {**changes, **machine}).config
+
+
+def default_candidates(meta: dict[str, Any]) -> list[str]:
+    """The grid tried without ``--candidates``: the controller ones only where there is a controller."""
+    return [name for name in GRID if name not in CONTROLLER_CANDIDATES or meta.get('controller')]
+
+
+def plan_work(config: Any) -> int:
+    """Candidate sequences scored per plan: what a tie is broken on."""
+    if config.solver == 'controller':
+        return 1
+    return config.samples * config.iterations + (1 if config.proposal == 'controller' else 0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--envs', type=int, default=10, help='environments planned together (default: 10)')
     parser.add_argument('--seed', type=int, default=1000,
                         help='seed of the tuning episodes (default: 1000, apart from the eval seeds 0-2)')
-    parser.add_argument('--candidates', nargs='+', default=list(GRID), choices=list(GRID), metavar='NAME',
-                        help=f'candidates to try (default: all of {list(GRID)})')
+    parser.add_argument('--candidates', nargs='+', default=None, choices=list(GRID), metavar='NAME',
+                        help=f'candidates to try (default: all of {list(GRID)}; the controller ones only '
+                        'when the checkpoint has a controller)')
     parser.add_argument('--store', nargs='+', default=None, metavar='KEY=VALUE',
                         help='store these settings without measuring (e.g. samples=200 goal_cost=mean)')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps (default: auto)')
@@ -88,10 +117,11 @@ def run(args: argparse.Namespace) -> int:
 
 def tune(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     """Play ``args.episodes`` episodes with every candidate; returns the winner and the grid."""
-    from lewm_ros.checkpoint import load_checkpoint
+    from lewm_ros.checkpoint import load_checkpoint, load_controller
     from lewm_ros.device import resolve_device
     from lewm_ros.planning import LatentPlanner, settings
     from lewm_ros.planning.goal_metric import goal_metric_from_meta
+    from lewm_ros.planning.planner import needs_controller
     from training.evaluation.evaluate import run_episodes
 
     env_id = meta.get('env_id')
@@ -102,13 +132,15 @@ def tune(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     model, meta = load_checkpoint(args.checkpoint, device)
     metric = goal_metric_from_meta(meta, model.config.embed_dim)
     machine = {'device': str(device), 'seed': args.seed}
+    names = args.candidates or default_candidates(meta)
+    controller = load_controller(args.checkpoint, meta, device) if meta.get('controller') else None
     candidates, best = [], None
-    for name in args.candidates:
-        changes = dict(GRID[name])
-        preset = changes.pop('preset', None)
-        # the grid is measured against our defaults, not against settings stored earlier
-        config = settings.resolve({**meta, 'planner': None}, preset, {**changes, **machine}).config
-        planner = LatentPlanner(model, config, meta.get('action_low'), meta.get('action_high'), metric)
+    for name in names:
+        config = candidate_config(name, meta, machine)
+        if needs_controller(config) and controller is None:
+            raise SystemExit(f'candidate {name!r} needs a controller; train one with `lewm train-controller`')
+        planner = LatentPlanner(model, config, meta.get('action_low'), meta.get('action_high'), metric,
+                                controller)
         figures = run_episodes(planner, env_id, args.episodes, args.envs, args.seed,
                                desc=f'tune: {name}').summary()
         row = {'name': name, 'settings': {k: getattr(config, k) for k in settings.STORED_KEYS},
@@ -118,7 +150,7 @@ def tune(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
         print(f'{name}: {figures["successes"]}/{figures["episodes"]} '
               f'({100 * figures["success_rate"]:.0f} %), {figures["plan_ms_per_env_median"]:.0f} ms per env '
               'and plan', flush=True)
-        cost = config.samples * config.iterations
+        cost = plan_work(config)
         if best is None or (row['successes'], -cost) > (best[0]['successes'], -best[2]):
             best = (row, config, cost)
     row, config, _ = best
