@@ -384,7 +384,7 @@ def load_controller(path: str | os.PathLike, meta: dict[str, Any] | None = None,
         raise CheckpointError(
             f'{root} has no controller ({CONTROLLER_FILE} and meta.json \'controller\'); train one with '
             f'`lewm train-controller --checkpoint {root} --data EPISODES.h5`, or plan with a sampling solver')
-    world = (meta.get('weights') or {}).get('sha256')
+    world = (meta.get('weights') or {}).get('sha256') or file_sha256(root / WEIGHTS_FILE)
     if block.get('world_model_sha256') != world:
         raise CheckpointError(
             f'{weights_path} was trained for another world model (weights sha256 '
@@ -402,6 +402,15 @@ def load_controller(path: str | os.PathLike, meta: dict[str, Any] | None = None,
         if getattr(config, key) != meta.get(key, model_cfg.get(key)):
             raise CheckpointError(f"{root / META_FILE}: 'controller.config.{key}' is {getattr(config, key)}, "
                                   f'the world model has {meta.get(key, model_cfg.get(key))}')
+    with torch.device('meta'):  # shapes first, from the header: an edited config costs no memory
+        expected = {k: tuple(v.shape) for k, v in GoalController(config).state_dict().items()}
+    try:
+        stored = safetensors_io.read_shapes(weights_path)
+    except safetensors_io.SafetensorsError as err:
+        raise CheckpointError(str(err)) from err
+    if stored != expected:
+        raise CheckpointError(f"{weights_path} does not fit meta.json 'controller.config' (tensor names or "
+                              'shapes differ); the two come from different controllers')
     controller = GoalController(config)
     try:
         state = safetensors_io.load_file(weights_path)

@@ -138,12 +138,19 @@ def test_the_retrain_recipe_of_each_embedded_model_parses_and_matches_what_ships
     from training.demo.demo import MODELS
 
     model = MODELS[name]
+    parsed = {}
     for template in model.commands:
         argv = [part.format(data=tmp_path, run=tmp_path / 'run', ckpt=tmp_path / 'run' / 'final')
                 for part in template[1:]]
         args = build_parser(argv).parse_args(argv)  # argparse exits on an unknown flag
         assert hasattr(args, '_module'), argv
+        parsed[template[1]] = args
     shipped = load_checkpoint(Path(__file__).resolve().parent.parent / 'models' / name)[1]
+    # the shipped controller was trained by the recipe's command, on the world model's own data
+    controller = shipped['controller']['trained']
+    assert controller['steps'] == parsed['train-controller'].steps
+    assert shipped['controller']['config']['history'] == parsed['train-controller'].history
+    assert controller['dataset']['hash'] == shipped['provenance']['dataset']['hash']
     assert shipped['env_id'] == model.env_id
     train = next(t for t in model.commands if t[1] == 'train')
     steps = next(p for p in train if p.startswith('optim.max_steps='))

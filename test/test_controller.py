@@ -63,19 +63,23 @@ def linear_episodes(episodes: int, length: int, seed: int) -> EmbeddedEpisodes:
     )
 
 
-def test_hindsight_samples_stay_in_their_episode_and_mask_blocks_past_the_goal() -> None:
+def test_hindsight_samples_stay_in_their_episode_and_mask_what_it_does_not_hold() -> None:
     data = linear_episodes(episodes=5, length=23, seed=0)
+    data.finite[30] = False  # a NaN action in episode 1: blocks holding it are no target
     pool, _, _ = split_pools(data, FS, 0.2, seed=0)
     sampler = HindsightSampler(data, pool, FS, history=3, horizon=4, max_ahead=6)
     z, blocks, goal, k, targets, mask = sampler.sample(4000, torch.Generator().manual_seed(0))
     assert int(k.min()) == 1 and int(k.max()) == 6
-    assert torch.equal(mask.sum(1), torch.clamp(k, max=4).float())
-    for i in range(0, 4000, 97):  # rebuild a few samples by hand from the episode arrays
+    for i in range(0, 4000, 37):  # rebuild a few samples by hand from the episode arrays
         current = int(torch.nonzero((data.z == z[i, -1]).all(1))[0, 0])
         start, end = int(data.first[current]), int(data.last[current])
         assert current + int(k[i]) * FS <= end
         assert torch.equal(goal[i], data.z[current + int(k[i]) * FS])
         assert torch.equal(targets[i, 0].reshape(-1), data.actions[current : current + FS].reshape(-1))
+        for j in range(4):  # a block is a target if it ends before the episode's last action, NaN-free
+            rows = range(current + j * FS, current + (j + 1) * FS)
+            expected = rows[-1] < end and 30 not in rows
+            assert mask[i, j] == float(expected), (current, j, end)
         for j in range(3):  # history frames FS apart; before the episode start, the oldest repeated
             back = 2 - j
             source = max(current - back * FS, current - ((current - start) // FS) * FS)
@@ -165,6 +169,7 @@ def random_controller(model: LeWM, seed: int = 0) -> GoalController:
             embed_dim=mc.embed_dim,
             action_dim=mc.action_dim,
             frameskip=mc.frameskip,
+            history=2,
             hidden=32,
             depth=1,
             horizon=3,
@@ -221,6 +226,31 @@ def hybrid_goal(
     B, H = norm.shape[:2]
     emb = planner._embed_actions(norm.reshape(B, 1, H, -1))
     return planner.rollout(emb)[:, 0].to(planner.dtype)
+
+
+def test_a_planner_that_does_not_ask_for_the_controller_does_not_use_it() -> None:
+    model = small_model()
+    config = PlannerConfig(solver='icem', samples=16, iterations=2, elites=4, horizon=3, receding_horizon=1,
+                           dtype='float32')
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (2, 2, 16, 16, 3), dtype=np.uint8)
+    executed = rng.uniform(-1, 1, (2, 1, 2, 2)).astype(np.float32)
+    goal = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    plain = LatentPlanner(model, config, [-1, -1], [1, 1])
+    handed = LatentPlanner(model, config, [-1, -1], [1, 1], controller=random_controller(model))
+    assert handed.controller is None
+    first, second = plain.plan(frames, executed, goal), handed.plan(frames, executed, goal)
+    assert torch.equal(first.sequence, second.sequence) and first.evaluations == second.evaluations
+
+
+def test_a_controller_reading_more_frames_than_the_planner_keeps_is_refused() -> None:
+    model = small_model()  # history 2
+    mc = model.config
+    wide = GoalController(ControllerConfig(mc.embed_dim, mc.action_dim, mc.frameskip, history=3, hidden=8,
+                                           depth=1))
+    config = PlannerConfig(solver='controller', horizon=3, receding_horizon=1)
+    with pytest.raises(ValueError, match='reads 3 frames; this planner keeps 2'):
+        LatentPlanner(model, config, controller=wide)
 
 
 def test_controller_solver_plays_the_controllers_plan_within_the_bounds() -> None:

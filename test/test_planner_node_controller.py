@@ -28,7 +28,8 @@ def _checkpoint(path: Path, controller: bool) -> Path:
     save_checkpoint(path, model, build_metadata(model, action_low=[-1.0, -1.0], action_high=[1.0, 1.0]))
     if controller:
         mc = model.config
-        head = GoalController(ControllerConfig(mc.embed_dim, mc.action_dim, mc.frameskip, hidden=32, depth=1))
+        head = GoalController(ControllerConfig(mc.embed_dim, mc.action_dim, mc.frameskip, history=mc.history,
+                                               hidden=32, depth=1))
         torch.nn.init.normal_(head.head.weight, std=1.0)  # large actions: the bounds must bind
         save_controller(path, head)
     return path

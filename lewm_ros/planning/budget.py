@@ -72,6 +72,8 @@ def measure_plan_cost(planner: Any, small: int = 16, large: int = 64, rounds: in
     none of them alone. Should the fitted cost per sample still come out zero or negative, the
     large probe's whole time is charged to its samples (an over-estimate: it caps more, never less).
     """
+    if planner.config.solver == 'controller':  # one forward pass: no samples, no iterations
+        return PlanCost(min(time_plan(planner, 2, 1, repeats=1) for _ in range(rounds)), 0.0, 0.0)
     probes = {(small, 1): math.inf, (large, 1): math.inf, (small, 2): math.inf}
     for _ in range(rounds):
         for size in probes:

@@ -215,8 +215,9 @@ class LatentPlanner:
         return cls(model, config, meta.get('action_low'), meta.get('action_high'), metric, controller)
 
     def _checked_controller(self, controller: GoalController | None) -> GoalController | None:
+        """The controller the config plans with, checked against the model; None if it plans without."""
         if not needs_controller(self.config):
-            return controller
+            return None
         if controller is None:
             raise ValueError(f'solver {self.config.solver!r} with proposal {self.config.proposal!r} needs '
                              "the checkpoint's controller; train one with `lewm train-controller`")
@@ -225,6 +226,9 @@ class LatentPlanner:
             raise ValueError(f'the controller reads {c.embed_dim}-d embeddings and writes {c.frameskip} x '
                              f'{c.action_dim} blocks; the model has {mc.embed_dim}, '
                              f'{mc.frameskip} x {mc.action_dim}')
+        if c.history > self.history:
+            raise ValueError(f'the controller reads {c.history} frames; this planner keeps {self.history} '
+                             '(the missing ones would always look like the start of an episode)')
         return controller.to(self.device).eval()
 
     def _maybe_compile(self, fn):
@@ -311,7 +315,7 @@ class LatentPlanner:
         """
         t_start = time.perf_counter()
         cfg = self.config
-        self._set_threads(len(frames) * cfg.samples)
+        self._set_threads(len(frames) * (1 if self.solver is None else cfg.samples))
         B, goal_z = self._prepare(frames, executed_actions, goal, rollout=self.solver is not None)
         ids = list(range(B)) if env_ids is None else [int(i) for i in env_ids]
         if len(ids) != B or len(set(ids)) != B:

@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     goal = rng.integers(0, 256, (E, S, S, 3), dtype=np.uint8)
     encode_one_ms = None
     if args.from_embeddings:  # the node encodes each frame once, on arrival, and plans from embeddings
-        pixels = torch.from_numpy(frames[:, -1:]).to(device)
+        pixels = torch.from_numpy(frames[:1, -1:]).to(device)  # one frame of one env
         timed = _timed(lambda: planner.model.encode(pixels), args.plans + args.warmup)
         encode_one_ms = statistics.median(timed)
         with torch.no_grad():

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--compare', nargs='+', default=None, metavar='NAME',
         help='play the same episodes with each of these planner candidates (names of `lewm tune`, e.g. '
-        'recommended controller hybrid) and print them side by side, plan time as a ratio to the first',
+        'recommended controller hybrid; each with its own settings, the planner flags are not applied) '
+        'and print them side by side, plan time as a ratio to the first',
     )  # fmt: skip
     parser.epilog = (
         "Planner settings: the checkpoint's (written by `lewm tune`), else our recommended ones; "

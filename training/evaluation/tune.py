@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     """Measure the grid (or take ``--store``), pick the winner, write it to the checkpoint."""
     from lewm_ros.checkpoint import read_metadata, update_metadata
     from lewm_ros.planning import settings
+    from lewm_ros.planning.planner import needs_controller
     from training.reports import write_json
 
     meta = read_metadata(args.checkpoint)
@@ -98,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise SystemExit(f'--store: unknown setting(s) {unknown}; known: {list(settings.STORED_KEYS)}')
         config = settings.resolve(meta, explicit=values, explicit_source='--store').config
+        if needs_controller(config) and not meta.get('controller'):
+            raise SystemExit(f'--store: solver {config.solver} / proposal {config.proposal} need a '
+                             'controller, and this checkpoint has none: run `lewm train-controller` first')
         block = settings.settings_block(config, 'lewm tune --store (not measured)', written=stamp)
         result = {'winner': block}
     else:
@@ -133,12 +137,11 @@ def tune(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     metric = goal_metric_from_meta(meta, model.config.embed_dim)
     machine = {'device': str(device), 'seed': args.seed}
     names = args.candidates or default_candidates(meta)
-    controller = load_controller(args.checkpoint, meta, device) if meta.get('controller') else None
+    configs = {name: candidate_config(name, meta, machine) for name in names}
+    needed = any(needs_controller(config) for config in configs.values())
+    controller = load_controller(args.checkpoint, meta, device) if needed else None
     candidates, best = [], None
-    for name in names:
-        config = candidate_config(name, meta, machine)
-        if needs_controller(config) and controller is None:
-            raise SystemExit(f'candidate {name!r} needs a controller; train one with `lewm train-controller`')
+    for name, config in configs.items():
         planner = LatentPlanner(model, config, meta.get('action_low'), meta.get('action_high'), metric,
                                 controller)
         figures = run_episodes(planner, env_id, args.episodes, args.envs, args.seed,

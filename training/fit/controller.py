@@ -3,7 +3,8 @@
 Every frame of the episode file is encoded once by the (frozen) world model. Training samples
 are hindsight goals: from a frame of an episode, a later block-boundary frame of the same episode
 ``k`` blocks on (1 <= k <= ``--max-ahead``) is the goal, and the blocks actually executed from
-there are the target, the ones after the goal masked out. The controller is stored in the
+there are the target (all ``--horizon`` of them the episode holds: past the goal, they are what
+the data did next, the tail of a plan the hybrid starts from). The controller is stored in the
 checkpoint (``controller.safetensors`` + ``meta['controller']``), with its held-out figures.
 
 Examples::
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--data', required=True, help='episode file (HDF5), e.g. the one the model was trained on'
     )
-    parser.add_argument('--steps', type=int, default=6000, help='optimiser steps (default: 6000)')
+    parser.add_argument('--steps', type=int, default=3000, help='optimiser steps (default: 3000)')
     parser.add_argument('--batch-size', type=int, default=512, help='samples per step (default: 512)')
     parser.add_argument(
         '--lr', type=float, default=1e-3, help='peak learning rate, cosine decay (default: 1e-3)'
@@ -84,6 +85,13 @@ class EmbeddedEpisodes:
     first: Any  # (N,) int64
     last: Any  # (N,) int64
     episode: Any  # (N,) int64
+    finite: Any = None  # (N,) bool: the action row is finite (NaN rows are zeros in ``actions``)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if self.finite is None:
+            self.finite = torch.ones(len(self.z), dtype=torch.bool)
 
 
 def embed_episodes(
@@ -121,8 +129,10 @@ def embed_episodes(
             offset += n
         bar.close()
     actions = torch.cat(acts)
+    finite = torch.isfinite(actions).all(-1)
     actions = torch.nan_to_num(model.normalize_actions(actions.to(model.action_mean.device)).cpu().float())
-    return EmbeddedEpisodes(torch.cat(zs), actions, torch.cat(first), torch.cat(last), torch.cat(episode))
+    return EmbeddedEpisodes(torch.cat(zs), actions, torch.cat(first), torch.cat(last), torch.cat(episode),
+                            finite)
 
 
 class HindsightSampler:
@@ -155,7 +165,11 @@ class HindsightSampler:
         goal = d.z[c + k * fs]
         target_rows = c[:, None, None] + torch.arange(self.horizon)[None, :, None] * fs + steps
         targets = d.actions[target_rows.clamp(max=len(d.z) - 1)]  # (n, horizon, fs, A)
-        mask = (torch.arange(self.horizon)[None] < k[:, None]).float()  # blocks before the goal
+        # every block the episode holds (the goal may lie before its end: the later blocks are what
+        # the data did next, a plan's tail the hybrid starts from); a block with a NaN action is out
+        inside = (torch.arange(self.horizon)[None] + 1) * fs <= (d.last[c] - c)[:, None]
+        finite = d.finite[target_rows.clamp(max=len(d.z) - 1)].all(-1)
+        mask = (inside & finite).float()
         return z, blocks, goal, k, targets, mask
 
 
@@ -279,6 +293,11 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, _ = load_checkpoint(args.checkpoint, device)
     mc = model.config
+    if args.history > mc.history:
+        raise SystemExit(f"--history {args.history} exceeds the world model's history {mc.history}: the "
+                         'planner keeps no more frames than that')
+    if not (args.lr > 0 and args.weight_decay >= 0):
+        raise SystemExit('--lr must be positive and --weight-decay >= 0')
     data = embed_episodes(model, args.data, device, progress=not args.no_progress)
     embed_seconds = time.perf_counter() - started
     episodes = int(data.episode.max()) + 1
@@ -351,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     save_controller(args.checkpoint, controller.cpu(), info)
     print(
         f'held-out: loss {final["loss"]:.4f}, R² of the next block {final["r2_next_block"]:.3f}, of all '
-        f'blocks before the goal {final["r2_all_blocks"]:.3f}; stored in {checkpoint_dir(args.checkpoint)}'
+        f'{args.horizon} blocks {final["r2_all_blocks"]:.3f}; stored in {checkpoint_dir(args.checkpoint)}'
     )
     if args.json_out:
         write_json(args.json_out, {'checkpoint': str(args.checkpoint), **info, 'history': history})
