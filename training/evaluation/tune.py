@@ -27,9 +27,9 @@ GRID: dict[str, dict[str, Any]] = {
     'controller': {'preset': 'controller'},
     'controller-ahead3': {'preset': 'controller', 'controller_ahead': 3},
     'hybrid': {'preset': 'hybrid'},
-    'hybrid-300': {'preset': 'hybrid', 'samples': 300},
+    'hybrid-wide': {'preset': 'hybrid', 'samples': 300, 'iterations': 6, 'elites': 30, 'init_std': 1.0},
 }
-CONTROLLER_CANDIDATES = ('controller', 'controller-ahead3', 'hybrid', 'hybrid-300')
+CONTROLLER_CANDIDATES = ('controller', 'controller-ahead3', 'hybrid', 'hybrid-wide')
 
 
 def candidate_config(name: str, meta: dict[str, Any], machine: dict[str, Any]) -> Any:
