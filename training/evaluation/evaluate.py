@@ -400,23 +400,13 @@ def compare(args: argparse.Namespace, env_id: str, device: str) -> int:
     """``--compare``: every candidate on the same episodes and seeds, one table, ratios from this one run."""
     import numpy as np
 
-    from lewm_ros.checkpoint import load_checkpoint, load_controller
-    from lewm_ros.planning import LatentPlanner
-    from lewm_ros.planning.goal_metric import goal_metric_from_meta
-    from lewm_ros.planning.planner import needs_controller
-    from training.evaluation.tune import GRID, candidate_config
+    from training.evaluation.tune import GRID, candidate_planners
 
     unknown = [name for name in args.compare if name not in GRID]
     if unknown:
         raise SystemExit(f'--compare: unknown candidate(s) {unknown}; known: {list(GRID)}')
-    model, meta = load_checkpoint(args.checkpoint, device)
-    metric = goal_metric_from_meta(meta, model.config.embed_dim)
     rows = []
-    for name in args.compare:
-        config = candidate_config(name, meta, {'device': device, 'seed': args.seed})
-        controller = load_controller(args.checkpoint, meta, device) if needs_controller(config) else None
-        planner = LatentPlanner(model, config, meta.get('action_low'), meta.get('action_high'), metric,
-                                controller)
+    for name, config, planner in candidate_planners(args.checkpoint, args.compare, device, args.seed):
         results = run_episodes(planner, env_id, args.episodes, args.envs, args.seed, args.budget,
                                args.goal_ahead, args.data, desc=name)
         search = [(t['total_ms'] - t['encode_ms']) / t['envs'] for t in results.timings]

@@ -41,6 +41,27 @@ def candidate_config(name: str, meta: dict[str, Any], machine: dict[str, Any]) -
     return settings.resolve({**meta, 'planner': None}, preset, {**changes, **machine}).config
 
 
+def candidate_planners(checkpoint: str, names: list[str], device: Any,
+                       seed: int) -> list[tuple[str, Any, Any]]:
+    """(name, PlannerConfig, LatentPlanner) of each candidate on the checkpoint's model, loaded once.
+
+    The controller is loaded (once) only if a candidate plans with it.
+    """
+    from lewm_ros.checkpoint import load_checkpoint, load_controller
+    from lewm_ros.planning import LatentPlanner
+    from lewm_ros.planning.goal_metric import goal_metric_from_meta
+    from lewm_ros.planning.planner import needs_controller
+
+    model, meta = load_checkpoint(checkpoint, device)
+    metric = goal_metric_from_meta(meta, model.config.embed_dim)
+    configs = {name: candidate_config(name, meta, {'device': str(device), 'seed': seed}) for name in names}
+    needed = any(needs_controller(config) for config in configs.values())
+    controller = load_controller(checkpoint, meta, device) if needed else None
+    bounds = (meta.get('action_low'), meta.get('action_high'))
+    return [(name, config, LatentPlanner(model, config, *bounds, metric, controller))
+            for name, config in configs.items()]
+
+
 def default_candidates(meta: dict[str, Any]) -> list[str]:
     """The grid tried without ``--candidates``: the controller ones only where there is a controller."""
     return [name for name in GRID if name not in CONTROLLER_CANDIDATES or meta.get('controller')]
@@ -121,29 +142,18 @@ def run(args: argparse.Namespace) -> int:
 
 def tune(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     """Play ``args.episodes`` episodes with every candidate; returns the winner and the grid."""
-    from lewm_ros.checkpoint import load_checkpoint, load_controller
     from lewm_ros.device import resolve_device
-    from lewm_ros.planning import LatentPlanner, settings
-    from lewm_ros.planning.goal_metric import goal_metric_from_meta
-    from lewm_ros.planning.planner import needs_controller
+    from lewm_ros.planning import settings
     from training.evaluation.evaluate import run_episodes
 
     env_id = meta.get('env_id')
     if not str(env_id).startswith('lewm/'):
         raise SystemExit(f'the checkpoint was trained on {env_id!r}, not one of our MuJoCo tasks: there is '
                          'nothing to try candidates in; store settings with --store KEY=VALUE')
-    device = resolve_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, device)
-    metric = goal_metric_from_meta(meta, model.config.embed_dim)
-    machine = {'device': str(device), 'seed': args.seed}
     names = args.candidates or default_candidates(meta)
-    configs = {name: candidate_config(name, meta, machine) for name in names}
-    needed = any(needs_controller(config) for config in configs.values())
-    controller = load_controller(args.checkpoint, meta, device) if needed else None
     candidates, best = [], None
-    for name, config in configs.items():
-        planner = LatentPlanner(model, config, meta.get('action_low'), meta.get('action_high'), metric,
-                                controller)
+    for name, config, planner in candidate_planners(args.checkpoint, names, resolve_device(args.device),
+                                                    args.seed):
         figures = run_episodes(planner, env_id, args.episodes, args.envs, args.seed,
                                desc=f'tune: {name}').summary()
         row = {'name': name, 'settings': {k: getattr(config, k) for k in settings.STORED_KEYS},
