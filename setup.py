@@ -29,9 +29,12 @@ setup(
         (f'share/{PACKAGE}/launch', share('launch/*.launch.py')),
         (f'share/{PACKAGE}/config', share('config/*.yaml')),
         (f'share/{PACKAGE}/config/train', share('config/train/*.yaml')),
-        # The embedded models (trained by our own lewm collect + lewm train; docs/demo.md).
+        (f'share/{PACKAGE}/config/recipes', share('config/recipes/*.yaml')),
+        # The embedded models, each built by its recipe config/recipes/<name>-cpu.yaml (lewm suite).
         (f'share/{PACKAGE}/models/tworoom', share('models/tworoom/*')),
         (f'share/{PACKAGE}/models/reacher', share('models/reacher/*')),
+        (f'share/{PACKAGE}/models/pusht', share('models/pusht/*')),
+        (f'share/{PACKAGE}/models/cube', share('models/cube/*')),
     ],
     # torch is deliberately unpinned here: the set-up script (or the ROS distro) installs the build
     # that fits the machine; pinning it here would let pip replace a CPU build with a CUDA one.

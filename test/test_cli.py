@@ -131,27 +131,27 @@ def test_ctrl_c_in_train_saves_a_resumable_last_checkpoint_and_says_how_to_resum
     assert load_checkpoint(out / 'final')[1]['provenance']['steps'] == step + 2
 
 
-@pytest.mark.parametrize('name', ['tworoom', 'reacher'])
-def test_the_retrain_recipe_of_each_embedded_model_parses_and_matches_what_ships(name, tmp_path):
-    """`lewm demo --retrain` runs these commands: each must be a valid `lewm` command line."""
+@pytest.mark.parametrize('name', ['tworoom', 'reacher', 'pusht', 'cube'])
+def test_each_shipped_model_was_built_by_its_recipe(name, tmp_path):
+    """`lewm demo --retrain` and `lewm suite` run config/recipes/<name>-cpu.yaml: it must match what ships."""
     from training.cli import build_parser
-    from training.demo.demo import MODELS
+    from training.suite.recipe import TaskPaths, load_recipe, training_stages
 
-    model = MODELS[name]
+    recipe = load_recipe(name, 'cpu')
     parsed = {}
-    for template in model.commands:
-        argv = [part.format(data=tmp_path, run=tmp_path / 'run', ckpt=tmp_path / 'run' / 'final')
-                for part in template[1:]]
-        args = build_parser(argv).parse_args(argv)  # argparse exits on an unknown flag
-        assert hasattr(args, '_module'), argv
-        parsed[template[1]] = args
+    for stage in training_stages(recipe, TaskPaths(tmp_path)):
+        # argparse exits on an unknown flag
+        parsed[stage.name] = build_parser(list(stage.argv)).parse_args(list(stage.argv))
     shipped = load_checkpoint(Path(__file__).resolve().parent.parent / 'models' / name)[1]
     # the shipped controller was trained by the recipe's command, on the world model's own data
     controller = shipped['controller']['trained']
     assert controller['steps'] == parsed['train-controller'].steps
     assert shipped['controller']['config']['history'] == parsed['train-controller'].history
     assert controller['dataset']['hash'] == shipped['provenance']['dataset']['hash']
-    assert shipped['env_id'] == model.env_id
-    train = next(t for t in model.commands if t[1] == 'train')
-    steps = next(p for p in train if p.startswith('optim.max_steps='))
+    assert shipped['env_id'] == recipe['env_id'] and shipped['image_size'] == recipe['img_size']
+    steps = next(p for p in parsed['train'].overrides if p.startswith('optim.max_steps='))
     assert shipped['provenance']['steps'] == int(steps.split('=')[1])
+    assert shipped['provenance']['dataset']['drops']['episodes'] == recipe['data']['episodes']
+    # tuned, calibrated at the recipe's quantile
+    assert shipped['planner']['source'] == 'lewm tune'
+    assert shipped['surprise']['quantile'] == recipe['surprise_quantile']

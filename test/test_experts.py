@@ -125,3 +125,18 @@ def test_expert_success_rate_over_fifty_episodes(env_id, noise):
     rate, mean_steps = expert_success_rate(env_id, episodes=50, noise=noise)
     print(f'{env_id} noise {noise}: expert success {rate:.2f}, mean steps to goal {mean_steps:.1f}')
     assert rate >= 0.9
+
+
+@pytest.mark.parametrize('env_id', ENV_IDS)
+def test_the_eval_protocol_goals_are_reachable_within_the_budget(env_id):
+    """The expert's own 25 steps from each evaluation start, replayed open loop, reach that episode's goal."""
+    from lewm_ros.sim.eval_protocol import STEP_BUDGET
+    from training.evaluation.diagnose import expert_episode, replay_reaches
+
+    env = make_env(env_id, img_size=32)
+    for index in range(6):
+        start, goal, actions = expert_episode(env, seed=0, index=index)
+        assert len(actions) <= STEP_BUDGET
+        assert not env._success(start, goal)  # not solved before the planner acts
+        assert replay_reaches(env, start, goal, actions)[0], f'episode {index}'
+    env.close()

@@ -40,7 +40,8 @@ def test_share_files_are_installed(install_prefix: Path) -> None:
     share = install_prefix / 'share' / 'lewm_ros'
     assert (install_prefix / 'share/ament_index/resource_index/packages/lewm_ros').is_file()
     assert (share / 'package.xml').read_text() == (REPO / 'package.xml').read_text()
-    for folder, pattern in (('launch', '*.launch.py'), ('config', '*.yaml'), ('config/train', '*.yaml')):
+    for folder, pattern in (('launch', '*.launch.py'), ('config', '*.yaml'), ('config/train', '*.yaml'),
+                            ('config/recipes', '*.yaml')):
         in_repo = sorted(p.name for p in (REPO / folder).glob(pattern))
         assert in_repo, f'the repository has no {folder}/{pattern}'
         assert sorted(p.name for p in (share / folder).glob(pattern)) == in_repo
@@ -49,7 +50,9 @@ def test_share_files_are_installed(install_prefix: Path) -> None:
 def test_the_shipped_models_are_installed_under_share(install_prefix: Path) -> None:
     """`lewm demo` and the README's `ros2 launch` read share/lewm_ros/models/<name>: all ship there."""
     in_repo = sorted(p.name for p in (REPO / 'models').iterdir() if p.is_dir())
-    assert in_repo == ['reacher', 'tworoom']
+    from training.demo.demo import EMBEDDED
+
+    assert in_repo == sorted(EMBEDDED)
     installed = install_prefix / 'share' / 'lewm_ros' / 'models'
     assert installed.is_dir() and sorted(p.name for p in installed.iterdir()) == in_repo
     for name in in_repo:

@@ -32,8 +32,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'tune': ('training.evaluation.tune', 'search planner settings; store the best in the checkpoint'),
     'eval': ('training.evaluation.evaluate', 'closed-loop planning success on a MuJoCo task'),
     'eval-surprise': ('training.evaluation.eval_surprise', 'surprise AUROC for teleport / recolour events'),
+    'diagnose': ('training.evaluation.diagnose', 'why closed-loop episodes fail: the search or the model'),
     'bench': ('training.bench.cli', 'benchmark training and planning speed (JSON output)'),
     'demo': ('training.demo.demo', 'sim-in-the-loop demo over real ROS 2 topics'),
+    'suite': ('training.suite.cli', 'run every task\'s recipe end to end and write the results table'),
 }
 
 

@@ -7,68 +7,32 @@ surprise summary and a PNG of the surprise trace. The planner node runs with its
 planner settings and the surprise threshold stored in the checkpoint.
 
 The model is one of the embedded checkpoints (``models/<name>``, trained by our own
-``lewm collect`` + ``lewm train`` with the commands below, listed in docs/demo.md) unless
-``--checkpoint`` says otherwise; ``--retrain`` runs those commands again.
+``lewm collect`` + ``lewm train`` with the recipe ``config/recipes/<name>-cpu.yaml``) unless
+``--checkpoint`` says otherwise; ``--retrain`` runs that recipe again (``lewm suite``'s stages
+up to the evaluation).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
 CACHE = Path.home() / '.cache' / 'lewm_ros'
+# The checkpoints in models/<name>, each built by the recipe config/recipes/<name>-cpu.yaml.
+EMBEDDED = ('tworoom', 'reacher', 'pusht', 'cube')
 
 
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A checkpoint that ships in ``models/``, and the commands that rebuild it."""
+def embedded_env_id(name: str) -> str:
+    """The task an embedded model was trained on (from its recipe)."""
+    from training.suite.recipe import load_recipe
 
-    name: str
-    env_id: str
-    commands: tuple[tuple[str, ...], ...]  # {data}: data folder, {ckpt}: the checkpoint it makes
-
-
-def _recipe(env_id: str, stem: str, img_size: int, collect: tuple[str, ...], train: tuple[str, ...],
-            calib_seed: int, quantile: str = '0.995') -> tuple[tuple[str, ...], ...]:
-    data, calib = f'{{data}}/{stem}.h5', f'{{data}}/{stem}_calib.h5'
-    common = ('--env', env_id, '--img-size', str(img_size))
-    return (
-        ('lewm', 'collect', *common, *collect, '--out', data, '--overwrite'),
-        ('lewm', 'collect', *common, '--episodes', '40', '--policy', 'expert', '--noise', '0.5', '--seed',
-         str(calib_seed), '--out', calib, '--overwrite'),
-        ('lewm', 'train', '--config', 'tiny', '--data', data, '--out', '{run}', *train),
-        # goal metric first (the tuned planner measures with it), then the planner settings, then
-        # the surprise threshold on frames that planner drives
-        ('lewm', 'calibrate', '--checkpoint', '{ckpt}', '--data', calib, '--closed-loop', '0'),
-        ('lewm', 'tune', '--checkpoint', '{ckpt}'),
-        ('lewm', 'calibrate', '--checkpoint', '{ckpt}', '--data', calib, '--quantile', quantile),
-        # last: the stored planner stays the tuned search; the controller and the hybrid are a
-        # planner_preset away (docs/planning.md, "The controller")
-        ('lewm', 'train-controller', '--checkpoint', '{ckpt}', '--data', data, '--log-dir', ''),
-    )
-
-
-MODELS: dict[str, EmbeddedModel] = {
-    'tworoom': EmbeddedModel('tworoom', 'lewm/TwoRoom-v0', _recipe(
-        'lewm/TwoRoom-v0', 'tworoom', 64,
-        ('--episodes', '1600', '--policy', 'mixed', '--noise', '0.5', '--expert-fraction', '0.5',
-         '--workers', '2', '--seed', '710000'),
-        # 99.9 %: the 99.5 % threshold flagged 1-2 % of the demo's normal frames, each a hair above
-        # it, and a teleport scores 4x the higher threshold still
-        ('--set', 'optim.max_steps=3000'), calib_seed=1000000, quantile='0.999')),
-    'reacher': EmbeddedModel('reacher', 'lewm/Reacher-v0', _recipe(
-        'lewm/Reacher-v0', 'reacher', 96,
-        ('--episodes', '1200', '--policy', 'mixed', '--noise', '0.5', '--workers', '1', '--seed', '1000000'),
-        ('--set', 'model.image_size=96', '--set', 'model.patch_size=12', '--set', 'optim.max_steps=5000'),
-        calib_seed=900000)),
-}
+    return load_recipe(name, 'cpu')['env_id']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lewm demo``."""
     parser.add_argument('--env', default='tworoom',
-                        help=f'embedded model to run: {", ".join(MODELS)}, or a task id with --checkpoint '
+                        help=f'embedded model to run: {", ".join(EMBEDDED)}, or a task id with --checkpoint '
                         '(default: tworoom)')
     parser.add_argument('--checkpoint', type=Path,
                         help='checkpoint to drive the task with instead of an embedded model')
@@ -86,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='seed of the first episode')
     parser.add_argument('--out', type=Path, default=Path('outputs/demo'), help='folder for the PNG and JSON')
     parser.add_argument('--retrain', action='store_true',
-                        help=f'collect and train the embedded model again into {CACHE}/ (TwoRoom about '
-                        '40 min, Reacher about 60 min on 2 cores)')
+                        help=f'run the model\'s recipe (config/recipes/<name>-cpu.yaml) again into '
+                        f'{CACHE}/<name> (TwoRoom about 40 min, Reacher about 60 min on 2 cores; resumable)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,41 +59,36 @@ def run(args: argparse.Namespace) -> int:
     from training.demo.loop import run_demo
 
     if args.checkpoint is None:
-        if args.env not in MODELS:
-            raise SystemExit(f'--env must name an embedded model ({", ".join(MODELS)}) unless --checkpoint '
+        if args.env not in EMBEDDED:
+            raise SystemExit(f'--env must name an embedded model ({", ".join(EMBEDDED)}) unless --checkpoint '
                              f'is given, got {args.env!r}')
-        model = MODELS[args.env]
-        args.checkpoint = train_embedded(model) if args.retrain else shipped_checkpoint(model)
-        args.env = model.env_id
-    elif args.env in MODELS:
-        args.env = MODELS[args.env].env_id
+        args.checkpoint = train_embedded(args.env) if args.retrain else shipped_checkpoint(args.env)
+        args.env = embedded_env_id(args.env)
+    elif args.env in EMBEDDED:
+        args.env = embedded_env_id(args.env)
     return run_demo(args, args.checkpoint)
 
 
-def shipped_checkpoint(model: EmbeddedModel) -> Path:
-    """Where the installed package keeps ``model``."""
+def shipped_model_dir(name: str) -> Path:
+    """Where the installed package keeps the embedded model ``name`` (it may be absent)."""
     from lewm_ros.paths import share_dir
 
-    path = share_dir() / 'models' / model.name
+    return share_dir() / 'models' / name
+
+
+def shipped_checkpoint(name: str) -> Path:
+    """The embedded model ``name``, or a clear error when this installation lacks it."""
+    path = shipped_model_dir(name)
     if not path.is_dir():
         raise SystemExit(f'the embedded model {path} is not installed; rebuild it with --retrain')
     return path
 
 
-def train_embedded(model: EmbeddedModel) -> Path:
-    """Run ``model.commands`` into ``~/.cache/lewm_ros`` (once: a finished checkpoint is reused)."""
-    import shutil
-    import subprocess
-    import sys
+def train_embedded(name: str) -> Path:
+    """Run the model's recipe up to a finished checkpoint in ``~/.cache/lewm_ros/<name>`` (resumable)."""
+    from training.suite.recipe import TaskPaths, load_recipe, training_stages
+    from training.suite.runner import run_stages
 
-    data, run_dir = CACHE / 'data', CACHE / 'runs' / model.name
-    ckpt = run_dir / 'final'
-    if (ckpt / 'meta.json').is_file() and '"planner"' in (ckpt / 'meta.json').read_text():
-        print(f'using the model trained earlier: {ckpt} (delete {run_dir} to train again)')
-        return ckpt
-    lewm = (shutil.which('lewm') or f'{sys.executable} -m training.cli').split()
-    for template in model.commands:
-        cmd = lewm + [part.format(data=data, run=run_dir, ckpt=ckpt) for part in template[1:]]
-        print('$ ' + ' '.join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-    return ckpt
+    paths = TaskPaths(CACHE / name)
+    run_stages(name, training_stages(load_recipe(name, 'cpu'), paths), paths)
+    return paths.checkpoint
