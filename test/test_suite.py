@@ -117,6 +117,9 @@ def test_a_rerun_skips_finished_stages_and_resumes_an_interrupted_one(micro_suit
     # interrupted during tuning (its stamp missing, the attempt recorded): tuning and what follows run again,
     # the data and the model are kept
     (root / 'stages' / 'tune.json').unlink()
+    dry = suite('--tasks', 'pusht', *MICRO, '--out', out, '--dry-run')  # says so, and touches nothing
+    assert dry.returncode == 0 and dry.stdout.count('would run') == 6 and 'train: done earlier' in dry.stdout
+    assert stamps(root) == {k: v for k, v in before.items() if k != 'tune'}
     result = suite('--tasks', 'pusht', *MICRO, '--out', out)
     assert result.returncode == 0, result.stdout[-2000:]
     after = stamps(root)

@@ -23,6 +23,9 @@ GRID: dict[str, dict[str, Any]] = {
     'recommended': {},
     'recommended-600': {'samples': 600},
     'recommended-cem': {'solver': 'cem', 'icem_white_fraction': 0.0},
+    # the last predicted embedding alone: where the way to the goal leaves it first (a cube lifted
+    # off the table), the mean over the horizon prefers plans that stay near and never get there
+    'recommended-final': {'goal_cost': 'final'},
     # with the checkpoint's controller (`lewm train-controller`); tried only where there is one
     'controller': {'preset': 'controller'},
     'controller-ahead3': {'preset': 'controller', 'controller_ahead': 3},

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--until', default=None, metavar='STAGE',
                         help='stop after this stage of each task (e.g. train)')
     parser.add_argument('--table-only', action='store_true', help='only rebuild the results table')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='say which stages would run and which are done, run nothing')
 
 
 def _tasks(names: list[str]) -> list[str]:
@@ -73,7 +75,8 @@ def prepare_task(task: str, args: argparse.Namespace, out: Path) -> tuple[dict, 
                 raise SystemExit(f'lewm suite: {paths.root} holds a {earlier.get("scale")} run of '
                                  f'{earlier.get("model")}{" (smoke)" if earlier.get("smoke") else ""}; '
                                  'give another --out')
-    _write_json(paths.root / 'recipe.json', {**record, 'source': recipe['source']})
+    if not args.dry_run:
+        _write_json(paths.root / 'recipe.json', {**record, 'source': recipe['source']})
     return recipe, plan, paths
 
 
@@ -98,10 +101,12 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f'lewm suite: --until {args.until}: {task} has the stages '
                                  f'{", ".join(s.name for s in plan)}')
             try:
-                run_stages(task, plan, paths, until=args.until)
+                run_stages(task, plan, paths, until=args.until, dry_run=args.dry_run)
             except StageFailedError as err:
                 print(f'lewm suite: {err}; run the same command again to resume from this stage')
                 failed.append(task)
+    if args.dry_run:
+        return 0
     results = write_table(out)
     print(markdown(results))
     print(f'wrote {out / "results.md"}, {out / "results.json"} and {out / "results.png"}')

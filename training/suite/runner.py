@@ -56,7 +56,21 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 def portable(argv: tuple[str, ...] | list[str], paths: TaskPaths) -> list[str]:
     """``argv`` with the task's folder written as ``<task>``: a stamp still matches after the folder moved."""
     root = str(paths.root)
-    return [arg.replace(root, '<task>') for arg in argv]
+    inside = [arg == root or arg.startswith(root + os.sep) for arg in argv]
+    return ['<task>' + arg[len(root):] if moved else arg for arg, moved in zip(argv, inside, strict=True)]
+
+
+def run_child(command: list[str]) -> int:
+    """Run one stage's command; on Ctrl-C give it time to save its state (it got the Ctrl-C too)."""
+    child = subprocess.Popen(command)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        try:
+            child.wait(timeout=120)  # lewm train writes a resumable checkpoint, lewm collect its partial file
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
 
 
 def _resumable(stage: Stage, paths: TaskPaths, started: dict[str, Any] | None) -> list[str] | None:
@@ -75,12 +89,13 @@ def _resumable(stage: Stage, paths: TaskPaths, started: dict[str, Any] | None) -
 
 def run_stages(
     task: str, stages: list[Stage], paths: TaskPaths, until: str | None = None,
-    log: Callable[[str], None] = print, lewm: list[str] | None = None,
+    log: Callable[[str], None] = print, lewm: list[str] | None = None, dry_run: bool = False,
 ) -> list[dict[str, Any]]:
     """Run (or skip, when done earlier) each stage in order; returns one record per stage that was reached.
 
     ``until`` stops after the stage of that name. A stage that runs again makes every stage after it
     run again, except for the probe (``READ_ONLY``): nothing after it reads what it writes.
+    ``dry_run`` only says which stages would run (and with which command), touching nothing.
     """
     lewm = lewm or lewm_command()
     records: list[dict[str, Any]] = []
@@ -96,6 +111,12 @@ def run_stages(
             if not stage.name.startswith(READ_ONLY):
                 rerun_rest = True  # what comes after reads this stage's output
             argv = _resumable(stage, paths, read_json(started_path))
+            if dry_run:
+                log(f'[{task}] {stage.name}: would run $ {" ".join(["lewm", *(argv or stage.argv)])}')
+                records.append({'stage': stage.name, 'ran': False})
+                if stage.name == until:
+                    break
+                continue
             if argv is None and stage.name == 'train' and paths.run.exists():
                 log(f'[{task}] train: starting afresh, removing {paths.run}')
                 shutil.rmtree(paths.run)
@@ -105,7 +126,7 @@ def run_stages(
                                        'started': time.strftime('%Y-%m-%d %H:%M:%S')})
             log(f'[{task}] {stage.name}: $ {" ".join(["lewm", *argv])}')
             start = time.monotonic()
-            code = subprocess.run([*lewm, *argv], check=False).returncode
+            code = run_child([*lewm, *argv])
             wall = time.monotonic() - start
             if code != 0:
                 raise StageFailedError(task, stage, code)
