@@ -428,7 +428,7 @@ def test_200_hz_small_frames_keep_the_control_rate(setup) -> None:
 
 @pytest.mark.parametrize('when', ['start', 'run time'])
 def test_samples_100000_cannot_block_the_loop(setup, when) -> None:
-    """samples: 100000 is capped to the plan budget, at start and at run time."""
+    """samples: 100000 is capped to the plan budget where it does not fit, at start and at run time."""
     node, h = setup(**({'samples': 100000, 'elites': 100} if when == 'start' else {}))
     if when == 'run time':
         results = node.set_parameters([Parameter('samples', value=100000), Parameter('elites', value=100)])
@@ -437,7 +437,10 @@ def test_samples_100000_cannot_block_the_loop(setup, when) -> None:
     with h.streaming():
         assert wait_for(lambda: len(node.plan_times_ms) >= 3, 30.0), 'no plans'
     budget_ms = node.plan_budget() * 1e3
-    assert node.mpc.planner.config.samples < 100000
+    # capped unless 100000 samples fit the budget as timed: an idle machine plans them with the micro
+    # model in about 140 ms of the 160, and then keeps them (what the loop needs is the plan time)
+    kept = node.mpc.planner.config.samples == 100000
+    assert not kept or max(node.plan_times_ms) <= 1.5 * budget_ms, (list(node.plan_times_ms), budget_ms)
     assert max(node.plan_times_ms) < 2 * budget_ms + 50, (list(node.plan_times_ms), budget_ms)
 
 
