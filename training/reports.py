@@ -8,9 +8,12 @@ from typing import Any
 
 
 def write_json(path: str | Path, value: Any) -> None:
-    """Write ``value`` as indented JSON, creating the parent folder."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(value, indent=2) + '\n', encoding='utf-8')
+    """Write ``value`` as indented JSON, creating the parent folder; the file is whole or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(value, indent=2) + '\n', encoding='utf-8')
+    tmp.replace(path)
 
 
 def save_figure(fig: Any, path: str | Path) -> None:

@@ -54,15 +54,15 @@ def expert_episode(env: Any, seed: int, index: int) -> tuple[Any, Any, Any]:
     return start, goal, np.stack(actions)
 
 
-def replay_reaches(env: Any, start: Any, goal: Any, actions: Any) -> tuple[bool, Any]:
-    """Whether the actions, played open loop from ``start``, reach ``goal``; and the first frame."""
-    obs, _ = env.reset(options={'state': start, 'goal_state': goal})
-    first = obs
+def replay_reaches(env: Any, start: Any, goal: Any, actions: Any) -> tuple[bool, Any, Any]:
+    """Whether the actions, played open loop from ``start``, reach ``goal``; the start's and goal's frames."""
+    first, _ = env.reset(options={'state': start, 'goal_state': goal})
+    goal_image = env.goal_image()
     for action in actions:
-        obs, _, _, _, info = env.step(action)
+        _, _, _, _, info = env.step(action)
         if info['is_success']:
-            return True, first
-    return False, first
+            return True, first, goal_image
+    return False, first, goal_image
 
 
 def as_plan(actions: Any, horizon: int, frameskip: int) -> Any:
@@ -92,10 +92,9 @@ def diagnose(
         frames, goals, plans, reached, states = [], [], [], [], []
         for index in batch:
             start, goal, actions = expert_episode(env, seed, index)
-            ok, obs = replay_reaches(env, start, goal, actions)
-            env.reset(options={'state': start, 'goal_state': goal})
+            ok, obs, goal_image = replay_reaches(env, start, goal, actions)
             frames.append(obs[None])
-            goals.append(env.goal_image())
+            goals.append(goal_image)
             plans.append(as_plan(actions, cfg.horizon, planner.frameskip))
             reached.append(ok)
             states.append(np.asarray(start).tolist())
@@ -138,6 +137,8 @@ def summarise(rows: list[dict[str, Any]], successes: list[bool] | None) -> dict[
 
 def _successes(paths: list[str], rows: list[dict[str, Any]]) -> list[bool] | None:
     """Success per episode from ``lewm eval --json`` files, checked to hold the same episodes."""
+    import numpy as np
+
     if not paths:
         return None
     successes: list[bool] = []
@@ -147,8 +148,6 @@ def _successes(paths: list[str], rows: list[dict[str, Any]]) -> list[bool] | Non
             result = json.load(f)
         successes += result['success_per_episode']
         starts += [e['start'] for e in result['episode_states']]
-    import numpy as np
-
     pairs = zip(rows, starts, strict=False)
     same = len(starts) >= len(rows) and all(np.allclose(r['start'], s) for r, s in pairs)
     if not same:

@@ -60,23 +60,25 @@ def _model_label(shipped: Path | None) -> str:
 def prepare_task(task: str, args: argparse.Namespace, out: Path) -> tuple[dict, list, object]:
     """The task's recipe, its stages and paths; refuses an output folder made for another scale or model."""
     from training.demo.demo import shipped_model_dir
-    from training.suite.recipe import TaskPaths, describe, load_recipe, stages
-    from training.suite.runner import _write_json, read_json
+    from training.reports import write_json
+    from training.suite.recipe import TaskPaths, load_recipe, stages
+    from training.suite.runner import read_json
 
     recipe = load_recipe(task, args.scale, args.override, args.smoke)
     paths = TaskPaths(out / task)
     shipped = shipped_model_dir(task) if args.shipped else None
     plan = stages(recipe, paths, shipped)
-    record = {**describe(recipe), 'model': _model_label(shipped), 'stage_order': [s.name for s in plan]}
+    record = {**recipe, 'model': _model_label(shipped), 'stage_order': [s.name for s in plan]}
     earlier = read_json(paths.root / 'recipe.json')
-    if earlier is not None:
-        for key in ('scale', 'model'):
-            if earlier.get(key) != record[key] or bool(earlier.get('smoke')) != bool(record.get('smoke')):
-                raise SystemExit(f'lewm suite: {paths.root} holds a {earlier.get("scale")} run of '
-                                 f'{earlier.get("model")}{" (smoke)" if earlier.get("smoke") else ""}; '
-                                 'give another --out')
+    def kind(r: dict) -> tuple:
+        return r.get('scale'), r.get('model'), bool(r.get('smoke'))
+
+    if earlier is not None and kind(earlier) != kind(record):
+        raise SystemExit(f'lewm suite: {paths.root} holds a {earlier.get("scale")} run of '
+                         f'{earlier.get("model")}{" (smoke)" if earlier.get("smoke") else ""}; '
+                         'give another --out')
     if not args.dry_run:
-        _write_json(paths.root / 'recipe.json', {**record, 'source': recipe['source']})
+        write_json(paths.root / 'recipe.json', record)
     return recipe, plan, paths
 
 

@@ -8,7 +8,6 @@ nowhere else.
 
 from __future__ import annotations
 
-import copy
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,7 +241,3 @@ def stages(recipe: dict[str, Any], paths: TaskPaths, shipped: Path | None = None
     evaluation = [*eval_stages(recipe, paths, checkpoint), *diagnose_stages(recipe, paths, checkpoint)]
     return evaluation if shipped is not None else [*training_stages(recipe, paths), *evaluation]
 
-
-def describe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe as the results JSON records it (without the bookkeeping keys)."""
-    return copy.deepcopy({k: v for k, v in recipe.items() if k != 'source'})

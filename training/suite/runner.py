@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from training.reports import write_json
 from training.suite.recipe import READ_ONLY, Stage, TaskPaths
 
 
@@ -44,13 +45,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding='utf-8'))
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
-    tmp.write_text(json.dumps(value, indent=2) + '\n', encoding='utf-8')
-    tmp.replace(path)  # a stamp is either whole or absent
 
 
 def portable(argv: tuple[str, ...] | list[str], paths: TaskPaths) -> list[str]:
@@ -101,42 +95,46 @@ def run_stages(
     records: list[dict[str, Any]] = []
     rerun_rest = False
     for stage in stages:
-        stamp_path = paths.stamps / f'{stage.name}.json'
-        started_path = paths.stamps / f'{stage.name}.started.json'
-        stamp = read_json(stamp_path)
+        stamp = read_json(paths.stamps / f'{stage.name}.json')
         if not rerun_rest and stamp is not None and stamp.get('argv') == portable(stage.argv, paths):
             log(f'[{task}] {stage.name}: done earlier ({stamp["wall_s"]:.0f} s), skipped')
             records.append({**stamp, 'ran': False})
         else:
             if not stage.name.startswith(READ_ONLY):
                 rerun_rest = True  # what comes after reads this stage's output
-            argv = _resumable(stage, paths, read_json(started_path))
+            argv = _resumable(stage, paths, read_json(paths.stamps / f'{stage.name}.started.json'))
             if dry_run:
                 log(f'[{task}] {stage.name}: would run $ {" ".join(["lewm", *(argv or stage.argv)])}')
                 records.append({'stage': stage.name, 'ran': False})
-                if stage.name == until:
-                    break
-                continue
-            if argv is None and stage.name == 'train' and paths.run.exists():
-                log(f'[{task}] train: starting afresh, removing {paths.run}')
-                shutil.rmtree(paths.run)
-            argv = argv or list(stage.argv)
-            stamp_path.unlink(missing_ok=True)
-            _write_json(started_path, {'argv': portable(stage.argv, paths),
-                                       'started': time.strftime('%Y-%m-%d %H:%M:%S')})
-            log(f'[{task}] {stage.name}: $ {" ".join(["lewm", *argv])}')
-            start = time.monotonic()
-            code = run_child([*lewm, *argv])
-            wall = time.monotonic() - start
-            if code != 0:
-                raise StageFailedError(task, stage, code)
-            stamp = {'stage': stage.name, 'argv': portable(stage.argv, paths), 'command': stage.command,
-                     'wall_s': round(wall, 1), 'finished': time.strftime('%Y-%m-%d %H:%M:%S'),
-                     'resumed': argv != list(stage.argv), 'load_avg_1min': round(os.getloadavg()[0], 2)}
-            _write_json(stamp_path, stamp)
-            started_path.unlink(missing_ok=True)
-            log(f'[{task}] {stage.name}: done in {wall:.0f} s')
-            records.append({**stamp, 'ran': True})
+            else:
+                records.append(_run(task, stage, paths, argv, lewm, log))
         if stage.name == until:
             break
     return records
+
+
+def _run(task: str, stage: Stage, paths: TaskPaths, argv: list[str] | None, lewm: list[str],
+         log: Callable[[str], None]) -> dict[str, Any]:
+    """Run one stage (``argv``: the command that resumes it, or None to start afresh); returns its stamp."""
+    stamp_path = paths.stamps / f'{stage.name}.json'
+    started_path = paths.stamps / f'{stage.name}.started.json'
+    if argv is None and stage.name == 'train' and paths.run.exists():
+        log(f'[{task}] train: starting afresh, removing {paths.run}')
+        shutil.rmtree(paths.run)
+    argv = argv or list(stage.argv)
+    stamp_path.unlink(missing_ok=True)
+    write_json(started_path, {'argv': portable(stage.argv, paths),
+                               'started': time.strftime('%Y-%m-%d %H:%M:%S')})
+    log(f'[{task}] {stage.name}: $ {" ".join(["lewm", *argv])}')
+    start = time.monotonic()
+    code = run_child([*lewm, *argv])
+    wall = time.monotonic() - start
+    if code != 0:
+        raise StageFailedError(task, stage, code)
+    stamp = {'stage': stage.name, 'argv': portable(stage.argv, paths), 'command': stage.command,
+             'wall_s': round(wall, 1), 'finished': time.strftime('%Y-%m-%d %H:%M:%S'),
+             'resumed': argv != list(stage.argv), 'load_avg_1min': round(os.getloadavg()[0], 2)}
+    write_json(stamp_path, stamp)
+    started_path.unlink(missing_ok=True)
+    log(f'[{task}] {stage.name}: done in {wall:.0f} s')
+    return {**stamp, 'ran': True}

@@ -30,13 +30,6 @@ LIMITS_NOTE = (
 )
 
 
-def wilson_interval(successes: int, n: int) -> tuple[float, float]:
-    """The 95 % interval of a success rate (the one ``lewm eval`` reports)."""
-    from training.evaluation.evaluate import wilson_interval as interval
-
-    return interval(successes, n)
-
-
 def probe_r2(root: Path, recipe: dict[str, Any]) -> dict[str, float] | None:
     """R² of each probed state variable, by the recipe's names (an angle: the mean of its cos and sin)."""
     probe = read_json(root / 'probe.json')
@@ -78,6 +71,8 @@ def task_result(root: Path) -> dict[str, Any] | None:
     order = {name: i for i, name in enumerate(recipe.get('stage_order', []))}
     stamps.sort(key=lambda s: order.get(s['stage'], len(order)))
     k, n = sum(s['successes'] for s in seeds), sum(s['episodes'] for s in seeds)
+    from training.evaluation.evaluate import wilson_interval
+
     lo, hi = wilson_interval(k, n) if n else (float('nan'), float('nan'))
     times: dict[str, float] = {}
     for stamp in stamps:
